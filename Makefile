@@ -1,0 +1,30 @@
+# ltcls: `make train` runs the default job, `make test` the test suite; both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/digits_lt_ce.yaml
+ARGS ?=
+
+.PHONY: train test lint bench clean-venv
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+train: $(BIN)/.installed
+	$(BIN)/ltcls-train --config $(CONFIG) $(ARGS)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check ltcls tests benchmarks tools
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_trainer.py
+	$(BIN)/python benchmarks/bench_losses.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,320 @@
+"""Strict, schema-backed configuration: defaults <- ``yaml.safe_load(file)`` <- ``--set a.b=c``.
+
+Fixed sections (``train``, ``eval``, ``model``) are dataclasses below. Sections that pick an
+implementation by ``name`` (``data``, ``classifier``, ``loss``, ``sampler``) take the chosen
+component's constructor signature as their schema (see ``ltcls.registry``), so a yaml key is
+valid exactly when the code accepts it. An unknown key or a wrong type is a ``ConfigError``
+naming the key (and the closest valid key); derived values (class counts, number of classes,
+feature dimension) are never accepted from yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """A config file or override does not fit the schema; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    """``train:`` the optimization schedule of the (first) stage."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    clip_grad_norm: float | None = None
+    seed: int = 0
+    num_workers: int = 2
+    amp: bool = True
+    device: str = "auto"
+    log_interval: int = 10
+
+
+@dataclass
+class EvalConfig:
+    """``eval:`` when and how to evaluate, and the many / medium / few thresholds (Kang et al.)."""
+
+    interval: int = 0
+    split: Literal["test", "val"] = "test"
+    batch_size: int = 256
+    many_threshold: int = 100
+    few_threshold: int = 20
+    logit_adjust_tau: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    """``model:`` a timm backbone by name (``num_classes=0``); ``kwargs`` go to ``timm.create_model``."""
+
+    name: str = "cifar_resnet20"
+    pretrained: bool = False
+    drop_rate: float = 0.0
+    drop_path_rate: float | None = None
+    kwargs: dict = field(default_factory=dict)
+
+
+FIXED_SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+DEFAULT_NAMES: dict[str, str] = {"data": "digits_lt", "classifier": "linear", "loss": "ce", "sampler": "instance"}
+SECTION_ORDER = ("data", "model", "classifier", "loss", "sampler", "train", "eval")
+
+
+def _registry(section: str):
+    """The registry (and, for ``data``, the extra transform keys) behind a named section."""
+    if section == "data":
+        from ltcls.data import DATASETS, build_transforms
+
+        return DATASETS, build_transforms
+    if section == "classifier":
+        from ltcls.models import CLASSIFIERS
+
+        return CLASSIFIERS, None
+    if section == "loss":
+        from ltcls.losses import LOSSES
+
+        return LOSSES, None
+    if section == "sampler":
+        from ltcls.data import SAMPLERS
+
+        return SAMPLERS, None
+    raise KeyError(section)
+
+
+def _hints(obj: Callable) -> dict[str, Any]:
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable forward refs: fall back to raw annotations
+        return dict(getattr(target, "__annotations__", {}))
+
+
+def _signature_schema(obj: Callable, skip: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """``{param: (type, default)}`` of a callable's keyword hyper-parameters."""
+    hints = _hints(obj)
+    out = {}
+    for p in inspect.signature(obj).parameters.values():
+        if p.name in skip or p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = None if p.default is inspect.Parameter.empty else p.default
+        out[p.name] = (hints.get(p.name, Any), default)
+    return out
+
+
+def section_schema(section: str, name: str | None = None) -> dict[str, tuple[Any, Any]]:
+    """The allowed keys of a section as ``{key: (type, default)}``."""
+    if section in FIXED_SECTIONS:
+        cls = FIXED_SECTIONS[section]
+        hints = typing.get_type_hints(cls)
+        return {f.name: (hints[f.name], _field_default(f)) for f in dataclasses.fields(cls)}
+    registry, extra = _registry(section)
+    registry.get(name)  # raises KeyError listing the choices
+    schema: dict[str, tuple[Any, Any]] = {"name": (str, name)}
+    if extra is not None:
+        schema.update(_signature_schema(extra))
+    schema.update(_signature_schema(registry.get(name), skip=registry.runtime))
+    return schema
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_value(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; return it (ints widened to float where a float is due)."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return check_value(key, value, arg)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin in (list, tuple, Sequence, typing.Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        item = args[0] if args else Any
+        return [check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads '5e-4' as a string; it means the number
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown(key: str, choices: Iterable[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(choices), n=1)
+    hint = f" Did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?" if close else ""
+    return ConfigError(f"unknown key '{key}' {where}.{hint} Valid keys: {', '.join(sorted(choices))}")
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """The built-in defaults: every fixed section fully, and the default component of each named one."""
+    cfg: dict[str, dict[str, Any]] = {}
+    for section in SECTION_ORDER:
+        name = DEFAULT_NAMES.get(section)
+        cfg[section] = {k: d for k, (_, d) in section_schema(section, name).items()}
+    return cfg
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``'train.lr=0.1'`` -> ``(['train', 'lr'], 0.1)``; the value is parsed as yaml."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected a dotted path like train.lr (section.key)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid yaml ({e})") from None
+    return parts, value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a yaml config file (``yaml.safe_load``); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid yaml: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def resolve(file_cfg: Mapping[str, Any] | None = None, overrides: Sequence[str] = (), source: str = "config") -> dict:
+    """Merge defaults <- ``file_cfg`` <- ``overrides`` and validate the result strictly.
+
+    A named section whose ``name`` changes drops the previous component's defaults, so only keys
+    that the chosen component accepts (set explicitly) remain; those are then checked.
+    """
+    file_cfg = dict(file_cfg or {})
+    for section in file_cfg:
+        if section not in SECTION_ORDER:
+            raise _unknown(section, SECTION_ORDER, f"at the top level of {source}")
+        if not isinstance(file_cfg[section], Mapping):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping, got {file_cfg[section]!r}")
+    explicit: dict[str, dict[str, Any]] = {s: dict(file_cfg.get(s, {})) for s in SECTION_ORDER}
+    for item in overrides:
+        parts, value = parse_override(item)
+        section = parts[0]
+        if section not in SECTION_ORDER:
+            raise _unknown(section, SECTION_ORDER, "in --set (sections)")
+        target = explicit[section]
+        for p in parts[1:-1]:
+            target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item}: '{p}' is not a mapping")
+        target[parts[-1]] = value
+    cfg: dict[str, dict[str, Any]] = {}
+    for section in SECTION_ORDER:
+        given = explicit[section]
+        name = given.get("name", DEFAULT_NAMES.get(section)) if section not in FIXED_SECTIONS else None
+        if section not in FIXED_SECTIONS and not isinstance(name, str):
+            raise ConfigError(f"{section}.name: expected a registered name (str), got {name!r}")
+        try:
+            schema = section_schema(section, name)
+        except KeyError as e:
+            raise ConfigError(f"{section}.name: {e.args[0]}") from None
+        values = {k: d for k, (_, d) in schema.items()}
+        for key, value in given.items():
+            if key not in schema:
+                where = f"in section '{section}'" + (f" ({section} '{name}' has no such parameter)" if name else "")
+                raise _unknown(f"{section}.{key}", schema, where)
+            values[key] = check_value(f"{section}.{key}", value, schema[key][0])
+        cfg[section] = values
+    return cfg
+
+
+def dump(cfg: Mapping[str, Any]) -> str:
+    """The resolved config as yaml, in section order (what is written to ``RUN_DIR/config.yaml``)."""
+    return yaml.safe_dump({k: dict(cfg[k]) for k in SECTION_ORDER if k in cfg}, sort_keys=False)
+
+
+def save(cfg: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(dump(cfg))
+
+
+def describe() -> str:
+    """A listing of every section, its keys, types and defaults, and the registered names (for ``--help``)."""
+    lines = ["config sections (yaml paths; --set uses the same dotted paths):"]
+    for section in SECTION_ORDER:
+        if section in FIXED_SECTIONS:
+            schema = section_schema(section)
+            keys = ", ".join(f"{k}={d!r}" for k, (_, d) in schema.items())
+            lines.append(f"  {section}: {keys}")
+        else:
+            registry, extra = _registry(section)
+            lines.append(f"  {section}.name: one of {', '.join(registry.names())} (default {DEFAULT_NAMES[section]!r})")
+            if extra is not None:
+                keys = ", ".join(f"{k}={d!r}" for k, (_, d) in _signature_schema(extra).items())
+                lines.append(f"    {section} (every dataset): {keys}")
+            for n in registry.names():
+                params = _signature_schema(registry.get(n), skip=registry.runtime)
+                if params:
+                    lines.append(f"    {section} {n}: " + ", ".join(f"{k}={d!r}" for k, (_, d) in params.items()))
+    return "\n".join(lines)

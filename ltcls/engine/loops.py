@@ -1,0 +1,87 @@
+"""Plain epoch loops: one training epoch and one pass of inference. The Trainer owns the state."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+def autocast(device: torch.device, enabled: bool):
+    """fp16 autocast on CUDA when enabled; a no-op elsewhere (AMP is CUDA-only in ltcls)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, *,
+                    scaler: torch.amp.GradScaler | None = None, amp: bool = False, clip_grad_norm: float | None = None,
+                    log: Callable[[int, float, float], None] | None = None, log_interval: int = 10,
+                    desc: str = "train", step: int = 0) -> dict[str, float]:
+    """Train for one pass over ``loader``; ``log(step, loss, lr)`` is called every ``log_interval`` steps.
+
+    Returns the mean loss, images/s and the global step after the epoch.
+    """
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    for images, labels in bar:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp):
+            loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        step += 1
+        n = labels.shape[0]
+        total_loss += loss.detach() * n  # stays on the device: no host sync on every step
+        seen += n
+        if step % log_interval == 0:
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {step}; lower train.lr or check the data")
+            if log is not None:
+                log(step, loss_value, lr)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    total_loss = float(total_loss)
+    if not math.isfinite(total_loss):
+        raise FloatingPointError(f"loss became {total_loss} during the epoch; lower train.lr or check the data")
+    elapsed = time.perf_counter() - start
+    return {"loss": total_loss / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9), "step": step,
+            "seconds": elapsed}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
+            desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels of every sample of ``loader``, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0):
+        with autocast(device, amp):
+            logits = model(images.to(device, non_blocking=True))
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels)
+    model.train(was_training)
+    return torch.cat(all_logits), torch.cat(all_labels)

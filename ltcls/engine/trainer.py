@@ -1,0 +1,244 @@
+"""One trainer for every mode: it runs a list of :class:`Stage` objects on one model.
+
+End-to-end training is one stage. A decoupled second stage is another ``Stage`` that freezes
+the backbone (parameters frozen *and* BatchNorm kept in eval mode), swaps the head, loss and
+sampler; stages are data, not copies of the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ltcls.data import DataSplits, LTDataset, build_sampler
+from ltcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ltcls.engine.loops import predict, train_one_epoch
+from ltcls.losses import LTLoss
+from ltcls.metrics import accuracy_report
+from ltcls.reporting import Reporter, write_json
+
+log = logging.getLogger("ltcls")
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Stage:
+    """One phase of training: its loss, sampler, optimization schedule and what is trainable.
+
+    ``train`` is a resolved ``train:`` config section (epochs, batch_size, lr, schedule, ...);
+    ``sampler`` a resolved ``sampler:`` section. With ``freeze_backbone`` only the classifier
+    trains and the backbone runs in eval mode (BatchNorm statistics do not move).
+    """
+
+    name: str
+    loss: LTLoss
+    train: Mapping[str, Any]
+    sampler: Mapping[str, Any]
+    freeze_backbone: bool = False
+    prefix: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is '{name}' but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, schedule: str, warmup_epochs: int,
+              milestones: list[int], gamma: float) -> float:
+    """Multiplier of the base lr at optimizer ``step``: linear warmup, then cosine / step / constant."""
+    warmup = warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        total = max(epochs * steps_per_epoch - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
+    if schedule == "step":
+        epoch = step // steps_per_epoch
+        return gamma ** sum(epoch >= m for m in milestones)
+    return 1.0
+
+
+class Trainer:
+    """Owns the model, data, device, reporter and checkpoints of one run directory."""
+
+    def __init__(self, model: nn.Module, data: DataSplits, cfg: Mapping[str, Any], work_dir: str | Path,
+                 reporter: Reporter | None = None) -> None:
+        self.model = model
+        self.data = data
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.device = resolve_device(cfg["train"]["device"])
+        self.model.to(self.device)
+        self.reporter = reporter
+        self.class_counts = data.class_counts
+        self.history: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------------------------- data
+    def _loader(self, dataset: LTDataset, batch_size: int, sampler=None, train: bool = False) -> DataLoader:
+        workers = self.cfg["train"]["num_workers"]
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", drop_last=train and len(dataset) >= batch_size,
+                          persistent_workers=False)
+
+    def eval_split(self) -> tuple[str, LTDataset]:
+        split = self.cfg["eval"]["split"]
+        dataset = getattr(self.data, split)
+        if dataset is None:
+            raise ValueError(f"eval.split is '{split}' but the dataset '{self.cfg['data']['name']}' has no {split} split")
+        return split, dataset
+
+    # ------------------------------------------------------------------------------ training
+    def _setup(self, stage: Stage):
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        if stage.freeze_backbone:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(False)
+        t = stage.train
+        sampler = build_sampler(stage.sampler, self.data.train.targets, seed=t["seed"], epochs=t["epochs"])
+        loader = self._loader(self.data.train, t["batch_size"], sampler, train=True)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
+                                    nesterov=t["nesterov"] and t["momentum"] > 0)
+        steps = max(len(loader), 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+            s, steps_per_epoch=steps, epochs=t["epochs"], schedule=t["schedule"], warmup_epochs=t["warmup_epochs"],
+            milestones=t["milestones"], gamma=t["gamma"]))
+        amp = t["amp"] and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+        stage.loss.to(self.device)
+        return sampler, loader, optimizer, scheduler, scaler, amp
+
+    def _set_mode(self, stage: Stage) -> None:
+        self.model.train()
+        if stage.freeze_backbone:
+            self.model.backbone.eval()
+
+    def fit(self, stages: list[Stage], resume: bool = False) -> dict[str, Any]:
+        """Run every stage in order (continuing from ``checkpoint.pt`` with ``resume``); returns final metrics."""
+        start_stage, start_epoch, step, ckpt = 0, 0, 0, None
+        if resume:
+            ckpt = load_checkpoint(self.work_dir / CHECKPOINT)
+            start_stage, start_epoch, step = ckpt["stage"], ckpt["epoch"], ckpt["step"]
+            self.model.load_state_dict(ckpt["model"])
+            self.history = list(ckpt.get("history", []))
+            log.info("resuming %s at stage %d, epoch %d", self.work_dir, start_stage, start_epoch)
+        report: dict[str, Any] = {}
+        for index, stage in enumerate(stages):
+            if index < start_stage:
+                continue
+            sampler, loader, optimizer, scheduler, scaler, amp = self._setup(stage)
+            epoch0 = 0
+            if ckpt is not None and index == start_stage:
+                optimizer.load_state_dict(ckpt["optimizer"])
+                scheduler.load_state_dict(ckpt["scheduler"])
+                sampler.load_state_dict(ckpt["sampler"])
+                stage.loss.load_state_dict(ckpt["loss"])
+                if scaler is not None and ckpt.get("scaler"):
+                    scaler.load_state_dict(ckpt["scaler"])
+                set_rng_state(ckpt["rng"])
+                epoch0 = start_epoch
+            step = self._run_stage(index, stage, epoch0, step, sampler, loader, optimizer, scheduler, scaler, amp)
+            report = self.evaluate(stage, step, epoch=stage.train["epochs"], final=True)
+        return report
+
+    def _run_stage(self, index, stage, epoch0, step, sampler, loader, optimizer, scheduler, scaler, amp) -> int:
+        t, epochs = stage.train, stage.train["epochs"]
+        interval = self.cfg["eval"]["interval"]
+        for epoch in range(epoch0, epochs):
+            sampler.set_epoch(epoch)
+            stage.loss.set_epoch(epoch, epochs)
+            self._set_mode(stage)
+            stats = train_one_epoch(
+                self.model, loader, stage.loss, optimizer, scheduler, self.device, scaler=scaler, amp=amp,
+                clip_grad_norm=t["clip_grad_norm"], log=self._log_step(stage), log_interval=t["log_interval"],
+                desc=f"{stage.name} {epoch + 1}/{epochs}", step=step)
+            step = stats["step"]
+            log.info("%s epoch %d/%d  loss %.4f  lr %.4g  %.0f img/s  (%.1fs)", stage.name, epoch + 1, epochs,
+                     stats["loss"], optimizer.param_groups[0]["lr"], stats["images_per_s"], stats["seconds"])
+            if self.reporter is not None:
+                self.reporter.scalar("train/epoch_loss", stats["loss"], step)
+                self.reporter.scalar("train/images_per_s", stats["images_per_s"], step)
+            if interval and (epoch + 1) % interval == 0 and epoch + 1 < epochs:
+                self.evaluate(stage, step, epoch=epoch + 1)
+            self._checkpoint(index, epoch + 1, step, stage, optimizer, scheduler, sampler, scaler)
+        return step
+
+    def _log_step(self, stage: Stage):
+        if self.reporter is None:
+            return None
+
+        def log_fn(step: int, loss: float, lr: float) -> None:
+            self.reporter.scalar("train/loss", loss, step)
+            self.reporter.scalar("train/lr", lr, step)
+
+        return log_fn
+
+    def _checkpoint(self, index, epoch, step, stage, optimizer, scheduler, sampler, scaler) -> None:
+        state = {"stage": index, "epoch": epoch, "step": step, "model": self.model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "sampler": sampler.state_dict(), "loss": stage.loss.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
+                 "config": _plain(self.cfg), "history": self.history}
+        save_checkpoint(state, self.work_dir / CHECKPOINT)
+
+    # ---------------------------------------------------------------------------- evaluation
+    def evaluate(self, stage: Stage, step: int, epoch: int, final: bool = False) -> dict[str, Any]:
+        """Top-1 overall / many / medium / few on the eval split; written to TensorBoard and metrics.json."""
+        e = self.cfg["eval"]
+        split, dataset = self.eval_split()
+        logits, labels = predict(self.model, self._loader(dataset, e["batch_size"]), self.device,
+                                 amp=self.cfg["train"]["amp"], desc=f"eval {split}")
+        preds = self.predictions(stage.loss, logits)
+        report = accuracy_report(preds.numpy(), labels.numpy(), self.class_counts, e["many_threshold"],
+                                 e["few_threshold"])
+        report.update(split=split, epoch=epoch, stage=stage.name, num_classes=int(len(self.class_counts)))
+        log.info("%s epoch %d  %s top-1 %s", stage.name, epoch, split,
+                 "  ".join(f"{k} {_fmt(report[k])}" for k in ("overall", "many", "medium", "few")))
+        self.history.append({k: report[k] for k in ("stage", "epoch", "overall", "many", "medium", "few")})
+        report["history"] = self.history
+        if self.reporter is not None:
+            self.reporter.evaluation(report, step, classifier=getattr(self.model, "classifier", None),
+                                     many_threshold=e["many_threshold"], few_threshold=e["few_threshold"])
+            self.reporter.flush()
+        if final:
+            write_json(self.work_dir / "metrics.json", report)
+        return report
+
+    def predictions(self, loss: LTLoss, logits: torch.Tensor) -> torch.Tensor:
+        """Predicted classes: argmax of the loss's inference scores, after post-hoc logit adjustment if asked."""
+        tau = self.cfg["eval"]["logit_adjust_tau"]
+        if tau:
+            prior = torch.as_tensor(self.class_counts, dtype=torch.float).clamp(min=1)
+            logits = logits - tau * torch.log(prior / prior.sum())
+        return loss.scores(logits).argmax(dim=1)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _plain(obj: Any) -> Any:
+    """Config as plain dicts/lists (checkpoint-safe for ``weights_only`` loading)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

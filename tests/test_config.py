@@ -1,0 +1,141 @@
+"""Strict config: defaults <- file <- --set, errors that name the key, resolved config on disk."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ltcls import config as C
+from ltcls.cli import build_train_parser, train_main
+from ltcls.registry import Registry
+
+
+def test_defaults_cover_every_section_and_component_defaults():
+    cfg = C.resolve({})
+    assert list(cfg) == list(C.SECTION_ORDER)
+    assert cfg["train"]["epochs"] == C.TrainConfig().epochs
+    assert cfg["loss"] == {"name": "ce", "label_smoothing": 0.0}
+    assert cfg["data"]["name"] == "digits_lt" and "imbalance_factor" in cfg["data"] and "img_size" in cfg["data"]
+
+
+def test_file_then_set_override_order():
+    cfg = C.resolve({"train": {"lr": 0.5, "epochs": 3}}, ["train.lr=0.05", "loss.label_smoothing=0.1"])
+    assert cfg["train"]["lr"] == 0.05 and cfg["train"]["epochs"] == 3
+    assert cfg["loss"]["label_smoothing"] == 0.1
+
+
+def test_typo_names_key_and_closest():
+    with pytest.raises(C.ConfigError, match=r"unknown key 'train\.wieght_decay'.*Did you mean 'train\.weight_decay'"):
+        C.resolve({"train": {"wieght_decay": 0.1}})
+    with pytest.raises(C.ConfigError) as e:
+        C.resolve({"train": {"epoch": 3}})
+    assert "train.epoch" in str(e.value) and "train.epochs" in str(e.value)
+
+
+def test_unknown_section_and_unknown_component():
+    with pytest.raises(C.ConfigError, match="trian"):
+        C.resolve({"trian": {}})
+    with pytest.raises(C.ConfigError, match=r"loss\.name: unknown loss 'cee'.*Did you mean 'ce'"):
+        C.resolve({"loss": {"name": "cee"}})
+
+
+def test_component_parameters_are_checked_against_the_chosen_component():
+    with pytest.raises(C.ConfigError, match=r"loss\.gamma"):
+        C.resolve({"loss": {"name": "ce", "gamma": 2.0}})
+
+
+def test_type_errors_name_key():
+    with pytest.raises(C.ConfigError, match=r"train\.epochs: expected int, got 'ten'"):
+        C.resolve({"train": {"epochs": "ten"}})
+    with pytest.raises(C.ConfigError, match=r"train\.amp: expected bool"):
+        C.resolve({"train": {"amp": 1}})
+    with pytest.raises(C.ConfigError, match=r"train\.schedule: expected one of"):
+        C.resolve({"train": {"schedule": "linear"}})
+    with pytest.raises(C.ConfigError, match=r"train\.milestones\[1\]: expected int"):
+        C.resolve({"train": {"milestones": [1, "x"]}})
+
+
+def test_float_widening_and_yaml_exponent_strings():
+    cfg = C.resolve({"train": {"lr": 1, "weight_decay": "5e-4"}})
+    assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["train"]["weight_decay"] == 5e-4
+
+
+def test_derived_values_are_rejected():
+    # number of classes / class counts come from the data, never from yaml
+    with pytest.raises(C.ConfigError, match="class_counts"):
+        C.resolve({"loss": {"class_counts": [1, 2]}})
+    with pytest.raises(C.ConfigError, match="num_classes"):
+        C.resolve({"classifier": {"num_classes": 10}})
+
+
+def test_set_parsing_errors():
+    with pytest.raises(C.ConfigError, match="expected key.sub=value"):
+        C.resolve({}, ["train.lr"])
+    with pytest.raises(C.ConfigError, match="dotted path"):
+        C.resolve({}, ["lr=0.1"])
+    with pytest.raises(C.ConfigError, match="unknown key 'tran'"):
+        C.resolve({}, ["tran.lr=0.1"])
+
+
+def test_yaml_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(C.ConfigError, match="bad.yaml: invalid yaml"):
+        C.load_yaml(bad)
+    with pytest.raises(C.ConfigError, match="does not exist"):
+        C.load_yaml(tmp_path / "missing.yaml")
+    top = tmp_path / "top.yaml"
+    top.write_text("- a\n- b\n")
+    with pytest.raises(C.ConfigError, match="mapping of sections"):
+        C.load_yaml(top)
+
+
+def test_set_flag_repeatable_and_multi(tmp_path):
+    args = build_train_parser().parse_args(
+        ["--config", "x.yaml", "--set", "train.lr=0.1", "train.epochs=2", "--set", "eval.interval=1"])
+    assert args.overrides == ["train.lr=0.1", "train.epochs=2", "eval.interval=1"]
+
+
+def test_resolved_config_written_and_roundtrips(tmp_path, capsys):
+    cfg_file = tmp_path / "exp.yaml"
+    cfg_file.write_text(yaml.safe_dump({"train": {"epochs": 2}}))
+    assert train_main(["--config", str(cfg_file), "--set", "train.lr=0.01", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 0.01 and printed["train"]["epochs"] == 2
+    assert C.resolve(printed) == printed  # the resolved config is itself a valid, complete config
+
+
+def test_cli_reports_config_errors_with_key(tmp_path, capsys):
+    cfg_file = tmp_path / "exp.yaml"
+    cfg_file.write_text("train:\n  epochz: 2\n")
+    with pytest.raises(SystemExit) as e:
+        train_main(["--config", str(cfg_file), "--work-dir", str(tmp_path / "run")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.epochz" in err and "train.epochs" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_sections_and_registered_names(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    out = capsys.readouterr().out
+    for text in ("--set", "--work-dir", "--resume", "train: epochs=", "loss.name: one of", "digits_lt"):
+        assert text in out
+
+
+def test_registry_is_loud():
+    reg = Registry("thing")
+
+    @reg.register("a")
+    def make_a(x: int = 1):
+        return x
+
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a")(make_a)
+    with pytest.raises(KeyError, match="unknown thing 'b'.*Registered things: a"):
+        reg.get("b")
+    with pytest.raises(TypeError, match="has no parameter 'y'"):
+        reg.build("a", {"y": 2})
+    assert reg.build("a", {"x": 3}) == 3
