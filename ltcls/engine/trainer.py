@@ -99,7 +99,8 @@ class Trainer:
         split = self.cfg["eval"]["split"]
         dataset = getattr(self.data, split)
         if dataset is None:
-            raise ValueError(f"eval.split is '{split}' but the dataset '{self.cfg['data']['name']}' has no {split} split")
+            name = self.cfg["data"]["name"]
+            raise ValueError(f"eval.split is '{split}' but the dataset '{name}' has no {split} split")
         return split, dataset
 
     # ------------------------------------------------------------------------------ training
