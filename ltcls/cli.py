@@ -12,6 +12,8 @@ from ltcls import config as C
 
 log = logging.getLogger("ltcls")
 
+STAGE2_METHODS = ("crt", "lws", "tau_norm", "ncm", "gumbel")
+
 TRAIN_DESCRIPTION = """\
 Train a long-tailed classifier and report top-1 overall / many / medium / few-shot accuracy.
 
@@ -27,6 +29,22 @@ examples:
   ltcls-train --config configs/cifar100_lt_ce.yaml --set data.root=/data/cifar train.epochs=10
   ltcls-train --config configs/digits_lt_ce.yaml --work-dir runs/try2 --set loss.name=ce train.lr=0.05
   ltcls-train --work-dir runs/digits_lt_ce --resume
+  ltcls-train --config configs/digits_lt_ce.yaml --stage2 crt        # decoupled stage 2 of that run
+  ltcls-train --stage2 tau_norm --from runs/digits_lt_ce --set stage2.dual_head_threshold=20
+  ltcls-train --stage2 crt --from runs/digits_lt_ce --set loss.name=seesaw classifier.name=normalized
+
+stage 2 (--stage2 METHOD): loads the finished stage-1 run (its config.yaml and checkpoint.pt), freezes
+the backbone (parameters and BatchNorm statistics) and runs METHOD; output goes to
+RUN_DIR/stage2_METHOD/ unless --work-dir is given. Methods and their presets (applied on top of the
+stage-1 config, before --set):
+  crt       re-initialized classifier, class-balanced sampler, CE, 10 epochs, cosine
+  lws       stage-1 W, b frozen + learnable per-class scales, class-balanced sampler, CE, 5 epochs
+  tau_norm  no training; tau swept over stage2.tau_grid, chosen on stage2.tau_split (val)
+  ncm       no training; nearest class mean of the backbone features
+  gumbel    stage-1 classifier re-trained with the Gumbel loss, instance sampler, lr 1e-4, 15 epochs
+Feature cache (stage2.cache_features): on by default for tau_norm / ncm (exact); an option for
+crt / lws / gumbel (trains on features of eval-transformed images, or stage2.cache_views augmented
+views, instead of fresh augmentations every epoch: much faster, slightly different).
 """
 
 
@@ -43,6 +61,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                         help="run directory (default: runs/<config file name without .yaml>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the work dir from its last checkpoint (same config)")
+    parser.add_argument("--stage2", metavar="METHOD", choices=STAGE2_METHODS,
+                        help=f"run a decoupled second stage on a finished run: {', '.join(STAGE2_METHODS)}")
+    parser.add_argument("--from", dest="from_run", metavar="RUN_DIR",
+                        help="with --stage2: the stage-1 run directory (default: the run of --config)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
@@ -80,10 +102,15 @@ def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
     """Resolved config and run directory, refusing to overwrite an existing run."""
     from ltcls.engine import CHECKPOINT
 
-    if args.config is None and not (args.resume and args.work_dir):
-        _fail(parser, "--config is required (or --resume with --work-dir)")
-    cfg = C.resolve(C.load_yaml(args.config), args.overrides, source=args.config) if args.config else None
-    work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / Path(args.config).stem
+    if args.stage2:
+        cfg, work_dir = _resolve_stage2(args, parser)
+    else:
+        if args.from_run:
+            _fail(parser, "--from needs --stage2 METHOD")
+        if args.config is None and not (args.resume and args.work_dir):
+            _fail(parser, "--config is required (or --resume with --work-dir)")
+        cfg = C.resolve(C.load_yaml(args.config), args.overrides, source=args.config) if args.config else None
+        work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / Path(args.config).stem
     ckpt = work_dir / CHECKPOINT
     if args.resume:
         if not ckpt.is_file():
@@ -100,8 +127,28 @@ def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
     return cfg, work_dir
 
 
+def _resolve_stage2(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[dict, Path]:
+    from ltcls.engine.stage2 import stage2_base_config
+
+    if args.from_run:
+        stage1_dir = Path(args.from_run)
+    elif args.config:
+        stage1_dir = Path("runs") / Path(args.config).stem
+    else:
+        _fail(parser, "--stage2 needs --from RUN_DIR (or --config of the stage-1 run)")
+    stage1_cfg_file = stage1_dir / "config.yaml"
+    if not stage1_cfg_file.is_file():
+        _fail(parser, f"--stage2: no stage-1 run at {stage1_dir} ({stage1_cfg_file.name} missing); train it first"
+                      + (f" with ltcls-train --config {args.config}" if args.config and not args.from_run else ""))
+    stage1_cfg = C.resolve(C.load_yaml(stage1_cfg_file), source=str(stage1_cfg_file))
+    base = stage2_base_config(stage1_cfg, args.stage2, stage1_dir)
+    cfg = C.resolve(base, args.overrides, source=str(stage1_cfg_file))
+    work_dir = Path(args.work_dir) if args.work_dir else stage1_dir / f"stage2_{args.stage2}"
+    return cfg, work_dir
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``ltcls-train``: one-stage end-to-end training of a long-tailed classifier."""
+    """``ltcls-train``: end-to-end training, or a decoupled second stage with ``--stage2``."""
     parser = build_train_parser()
     args = parser.parse_args(argv)
     try:
@@ -119,22 +166,31 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         C.save(cfg, work_dir / "config.yaml")
     _setup_logging(work_dir)
     log.info("run directory %s", work_dir)
-    data, model, loss = build_run(cfg)
-    counts = data.class_counts
-    log.info("data %s: %d classes, %d train images (max %d, min %d per class), %d %s images",
-             cfg["data"]["name"], data.num_classes, len(data.train), counts.max(), counts.min(),
-             len(getattr(data, cfg["eval"]["split"]) or []), cfg["eval"]["split"])
-    reporter = Reporter(work_dir)
+    reporter = Reporter(work_dir, prefix="stage2/" if args.stage2 else "")
     reporter.config(C.dump(cfg))
-    trainer = Trainer(model, data, cfg, work_dir, reporter)
     try:
-        report = trainer.fit([Stage("stage1", loss, cfg["train"], cfg["sampler"])], resume=args.resume)
+        if args.stage2:
+            from ltcls.engine.stage2 import run_stage2
+
+            report = run_stage2(cfg, Path(cfg["stage2"]["from_run"]), work_dir, reporter, resume=args.resume)
+        else:
+            data, model, loss = build_run(cfg)
+            _log_data(cfg, data)
+            trainer = Trainer(model, data, cfg, work_dir, reporter)
+            report = trainer.fit([Stage("stage1", loss, cfg["train"], cfg["sampler"])], resume=args.resume)
     finally:
         reporter.close()
     log.info("done: %s top-1 overall %.2f | many %s | medium %s | few %s -> %s", report["split"], report["overall"],
              *(f"{report[g]:.2f}" if report[g] is not None else "n/a" for g in ("many", "medium", "few")),
              work_dir / "metrics.json")
     return 0
+
+
+def _log_data(cfg: dict, data) -> None:
+    counts = data.class_counts
+    log.info("data %s: %d classes, %d train images (max %d, min %d per class), %d %s images",
+             cfg["data"]["name"], data.num_classes, len(data.train), counts.max(), counts.min(),
+             len(getattr(data, cfg["eval"]["split"]) or []), cfg["eval"]["split"])
 
 
 if __name__ == "__main__":  # python -m ltcls.cli

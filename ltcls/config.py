@@ -75,9 +75,32 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)
 
 
-FIXED_SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+@dataclass
+class Stage2Config:
+    """``stage2:`` the decoupled second stage (``ltcls-train --stage2 METHOD``); unused by stage 1.
+
+    ``method`` and ``from_run`` are filled in by the command line. ``cache_features``: train the head
+    on backbone features computed once (``None``: on where exact, i.e. tau_norm / ncm; off for
+    crt / lws / gumbel, where cached features lose the per-epoch augmentation). ``cache_views``: with
+    a cache, K > 1 stores K augmented views of the train split (train transforms) instead of one
+    eval-transform view. ``tau_grid``: the tau-norm sweep, chosen on ``tau_split``.
+    ``dual_head_threshold``: SimCal's dual-head selection (classes with at most T training images
+    take the stage-2 head's scores, the rest the stage-1 head's); ``null`` turns it off.
+    """
+
+    method: str | None = None
+    from_run: str | None = None
+    cache_features: bool | None = None
+    cache_views: int = 1
+    tau_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
+    tau_split: Literal["val", "train"] = "val"
+    dual_head_threshold: int | None = None
+
+
+FIXED_SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
+                                   "stage2": Stage2Config}
 DEFAULT_NAMES: dict[str, str] = {"data": "digits_lt", "classifier": "linear", "loss": "ce", "sampler": "instance"}
-SECTION_ORDER = ("data", "model", "classifier", "loss", "sampler", "train", "eval")
+SECTION_ORDER = ("data", "model", "classifier", "loss", "sampler", "train", "eval", "stage2")
 
 
 def _registry(section: str):

@@ -41,12 +41,14 @@ def accuracy_report(preds: np.ndarray, labels: np.ndarray, class_counts: Sequenc
                     few_threshold: int = 20) -> dict:
     """Overall / many / medium / few top-1 (percent), per-class accuracy and the group of every class.
 
-    A group with no class (or no tested class) reports ``None``.
+    ``mean_per_class`` is the class-balanced accuracy (equal to ``overall`` on a balanced split). A
+    group with no class (or no tested class) reports ``None``.
     """
     counts = np.asarray(class_counts)
     per_class = per_class_accuracy(preds, labels, len(counts))
     groups = shot_groups(counts, many_threshold, few_threshold)
-    report = {"overall": float(100.0 * np.mean(np.asarray(preds) == np.asarray(labels))) if len(labels) else None}
+    report = {"overall": float(100.0 * np.mean(np.asarray(preds) == np.asarray(labels))) if len(labels) else None,
+              "mean_per_class": _mean(per_class)}
     for g in GROUPS:
         report[g] = _mean(per_class[groups == g])
     report["group_sizes"] = {g: int((groups == g).sum()) for g in GROUPS}

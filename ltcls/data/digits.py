@@ -22,11 +22,13 @@ def digits_lt(
     imbalance_factor: float = 50.0,
     profile: str = "exp",
     test_per_class: int = 30,
+    val_per_class: int = 0,
     seed: int = 0,
 ) -> DataSplits:
-    """A balanced test split of ``test_per_class`` images per class, and a long-tailed train split of the
-    rest (``exp`` / ``step`` profile as CIFAR-LT, ``img_max`` = the smallest remaining class, class 0
-    the head). Images are (8, 8) uint8 in 0..255, loaded as RGB; the transforms resize them.
+    """A balanced test split of ``test_per_class`` images per class, an optional balanced validation split
+    of ``val_per_class`` (0: none), and a long-tailed train split of the rest (``exp`` / ``step`` profile
+    as CIFAR-LT, ``img_max`` = the smallest remaining class, class 0 the head). Images are (8, 8) uint8
+    in 0..255, loaded as RGB; the transforms resize them.
     """
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -36,10 +38,16 @@ def digits_lt(
     if not 0 < test_per_class < smallest:
         raise ValueError(f"test_per_class must be in [1, {smallest - 1}] (smallest digits class: {smallest}), "
                          f"got {test_per_class}")
+    if not 0 <= val_per_class < smallest - test_per_class:
+        raise ValueError(f"val_per_class must be in [0, {smallest - test_per_class - 1}] with test_per_class "
+                         f"{test_per_class}, got {val_per_class}")
 
     rng = np.random.RandomState(seed)
     test_idx = select_lt(targets, [test_per_class] * num_classes, rng)
     rest = np.setdiff1d(np.arange(len(targets)), test_idx)
+    val_idx = rest[select_lt(targets[rest], [val_per_class] * num_classes, rng)] if val_per_class else None
+    if val_idx is not None:
+        rest = np.setdiff1d(rest, val_idx)
     img_max = int(np.bincount(targets[rest], minlength=num_classes).min())
     counts = lt_counts(num_classes, imbalance_factor, profile, img_max)
     train_idx = rest[select_lt(targets[rest], counts, rng)]
@@ -49,4 +57,6 @@ def digits_lt(
     return DataSplits(
         train=ArrayDataset(images[train_idx], targets[train_idx], num_classes, classes, train_transform),
         test=ArrayDataset(images[test_idx], targets[test_idx], num_classes, classes, eval_transform),
+        val=None if val_idx is None else ArrayDataset(images[val_idx], targets[val_idx], num_classes, classes,
+                                                      eval_transform),
     )

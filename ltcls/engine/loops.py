@@ -73,12 +73,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
-            desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+            desc: str = "eval", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and labels of every sample of ``loader``, model in eval mode."""
     was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
-    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0):
+    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+                               disable=not progress):
         with autocast(device, amp):
             logits = model(images.to(device, non_blocking=True))
         all_logits.append(logits.float().cpu())

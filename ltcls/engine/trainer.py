@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from ltcls.data import DataSplits, LTDataset, build_sampler
+from ltcls.data import DataSplits, build_sampler
 from ltcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ltcls.engine.loops import predict, train_one_epoch
 from ltcls.losses import LTLoss
+from ltcls.losses.logit_adjusted import logit_adjust
 from ltcls.metrics import accuracy_report
 from ltcls.reporting import Reporter, write_json
 
@@ -35,18 +36,21 @@ CHECKPOINT = "checkpoint.pt"
 class Stage:
     """One phase of training: its loss, sampler, optimization schedule and what is trainable.
 
-    ``train`` is a resolved ``train:`` config section (epochs, batch_size, lr, schedule, ...);
-    ``sampler`` a resolved ``sampler:`` section. With ``freeze_backbone`` only the classifier
-    trains and the backbone runs in eval mode (BatchNorm statistics do not move).
+    ``train`` is a resolved ``train:`` config section (epochs, batch_size, lr, schedule, ...), or
+    ``None`` for a stage that only evaluates (tau-norm, NCM); ``sampler`` a resolved ``sampler:``
+    section. With ``freeze_backbone`` only the classifier trains and the backbone runs in eval mode
+    (BatchNorm statistics do not move). ``module`` / ``train_set`` / ``eval_sets`` replace the
+    whole model and the image splits for a stage that trains the head on cached features.
     """
 
     name: str
     loss: LTLoss
-    train: Mapping[str, Any]
+    train: Mapping[str, Any] | None
     sampler: Mapping[str, Any]
     freeze_backbone: bool = False
-    prefix: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    module: nn.Module | None = None
+    train_set: Dataset | None = None
+    eval_sets: dict[str, Dataset] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,19 +93,25 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------------------------- data
-    def _loader(self, dataset: LTDataset, batch_size: int, sampler=None, train: bool = False) -> DataLoader:
-        workers = self.cfg["train"]["num_workers"]
+    def _loader(self, dataset: Dataset, batch_size: int, sampler=None, train: bool = False) -> DataLoader:
+        workers = 0 if getattr(dataset, "in_memory", False) else self.cfg["train"]["num_workers"]
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                           pin_memory=self.device.type == "cuda", drop_last=train and len(dataset) >= batch_size,
                           persistent_workers=False)
 
-    def eval_split(self) -> tuple[str, LTDataset]:
+    def eval_split(self, stage: Stage | None = None) -> tuple[str, Dataset]:
+        """The configured evaluation split (``eval.split``), as the stage sees it (images or features)."""
         split = self.cfg["eval"]["split"]
+        if stage is not None and split in stage.eval_sets:
+            return split, stage.eval_sets[split]
         dataset = getattr(self.data, split)
         if dataset is None:
             name = self.cfg["data"]["name"]
             raise ValueError(f"eval.split is '{split}' but the dataset '{name}' has no {split} split")
         return split, dataset
+
+    def module(self, stage: Stage) -> nn.Module:
+        return stage.module if stage.module is not None else self.model
 
     # ------------------------------------------------------------------------------ training
     def _setup(self, stage: Stage):
@@ -111,9 +121,13 @@ class Trainer:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
         t = stage.train
-        sampler = build_sampler(stage.sampler, self.data.train.targets, seed=t["seed"], epochs=t["epochs"])
-        loader = self._loader(self.data.train, t["batch_size"], sampler, train=True)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        train_set = stage.train_set if stage.train_set is not None else self.data.train
+        sampler = build_sampler(stage.sampler, train_set.targets, seed=t["seed"], epochs=t["epochs"])
+        loader = self._loader(train_set, t["batch_size"], sampler, train=True)
+        module = self.module(stage).to(self.device)
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{stage.name}: nothing to train (every parameter is frozen)")
         optimizer = torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
                                     nesterov=t["nesterov"] and t["momentum"] > 0)
         steps = max(len(loader), 1)
@@ -127,6 +141,7 @@ class Trainer:
 
     def _set_mode(self, stage: Stage) -> None:
         self.model.train()
+        self.module(stage).train()
         if stage.freeze_backbone:
             self.model.backbone.eval()
 
@@ -142,6 +157,9 @@ class Trainer:
         report: dict[str, Any] = {}
         for index, stage in enumerate(stages):
             if index < start_stage:
+                continue
+            if stage.train is None:  # evaluation-only stage
+                report = self.evaluate(stage, step, epoch=0, final=True)
                 continue
             sampler, loader, optimizer, scheduler, scaler, amp = self._setup(stage)
             epoch0 = 0
@@ -166,7 +184,7 @@ class Trainer:
             stage.loss.set_epoch(epoch, epochs)
             self._set_mode(stage)
             stats = train_one_epoch(
-                self.model, loader, stage.loss, optimizer, scheduler, self.device, scaler=scaler, amp=amp,
+                self.module(stage), loader, stage.loss, optimizer, scheduler, self.device, scaler=scaler, amp=amp,
                 clip_grad_norm=t["clip_grad_norm"], log=self._log_step(stage), log_interval=t["log_interval"],
                 desc=f"{stage.name} {epoch + 1}/{epochs}", step=step)
             step = stats["step"]
@@ -202,8 +220,8 @@ class Trainer:
     def evaluate(self, stage: Stage, step: int, epoch: int, final: bool = False) -> dict[str, Any]:
         """Top-1 overall / many / medium / few on the eval split; written to TensorBoard and metrics.json."""
         e = self.cfg["eval"]
-        split, dataset = self.eval_split()
-        logits, labels = predict(self.model, self._loader(dataset, e["batch_size"]), self.device,
+        split, dataset = self.eval_split(stage)
+        logits, labels = predict(self.module(stage), self._loader(dataset, e["batch_size"]), self.device,
                                  amp=self.cfg["train"]["amp"], desc=f"eval {split}")
         preds = self.predictions(stage.loss, logits)
         report = accuracy_report(preds.numpy(), labels.numpy(), self.class_counts, e["many_threshold"],
@@ -225,8 +243,7 @@ class Trainer:
         """Predicted classes: argmax of the loss's inference scores, after post-hoc logit adjustment if asked."""
         tau = self.cfg["eval"]["logit_adjust_tau"]
         if tau:
-            prior = torch.as_tensor(self.class_counts, dtype=torch.float).clamp(min=1)
-            logits = logits - tau * torch.log(prior / prior.sum())
+            logits = logit_adjust(logits, self.class_counts, tau)
         return loss.scores(logits).argmax(dim=1)
 
 

@@ -1,0 +1,117 @@
+"""Backbone features computed once for a frozen backbone, optionally cached on disk.
+
+With the backbone frozen (and in eval mode), a second stage only needs each image's feature
+vector. Computing it once turns every later epoch into a pass over a small tensor. The cache key
+covers the checkpoint's bytes, the data config, the split's labels and the number of views, so a
+changed checkpoint or dataset recomputes instead of reusing stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ltcls.data import LTDataset
+from ltcls.engine.loops import predict
+
+log = logging.getLogger("ltcls")
+
+
+class FeatureSet(Dataset):
+    """Cached features ``(views, N, D)`` with their labels; each access picks one view at random.
+
+    ``in_memory`` tells the trainer that worker processes would only add overhead.
+    """
+
+    in_memory = True
+
+    def __init__(self, features: torch.Tensor, targets: np.ndarray | torch.Tensor, num_classes: int) -> None:
+        if features.ndim == 2:
+            features = features[None]
+        if features.ndim != 3 or features.shape[1] != len(targets):
+            raise ValueError(f"expected features (views, N, D) for {len(targets)} samples, got {tuple(features.shape)}")
+        self.features = features
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.labels = torch.from_numpy(self.targets)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        view = int(torch.randint(self.features.shape[0], ())) if self.features.shape[0] > 1 else 0
+        return self.features[view, index], int(self.targets[index])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Batched fetch (DataLoader uses it): one gather instead of one call per sample."""
+        idx = torch.as_tensor(indices)
+        views = self.features.shape[0]
+        view = torch.randint(views, (len(idx),)) if views > 1 else torch.zeros(len(idx), dtype=torch.long)
+        return list(zip(self.features[view, idx], self.labels[idx]))
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(checkpoint_digest: str, data_cfg: Mapping[str, Any], split: str, dataset: LTDataset, views: int,
+              seed: int) -> str:
+    """A digest of everything the features depend on."""
+    h = hashlib.sha256()
+    h.update(checkpoint_digest.encode())
+    h.update(json.dumps(dict(data_cfg), sort_keys=True, default=str).encode())
+    h.update(f"{split}|{views}|{seed}|{len(dataset)}".encode())
+    h.update(np.ascontiguousarray(dataset.targets).tobytes())
+    return h.hexdigest()
+
+
+def extract_features(backbone: nn.Module, dataset: LTDataset, loader: Callable[[Dataset], DataLoader],
+                     device: torch.device, views: int = 1, amp: bool = False, seed: int = 0) -> torch.Tensor:
+    """Features ``(views, N, D)`` of ``dataset`` through ``backbone`` in eval mode (float32, CPU).
+
+    With ``views > 1`` every pass draws new random augmentations from a generator state seeded by
+    ``seed`` (restored afterwards, so training randomness is not disturbed).
+    """
+    out = []
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for v in range(views):
+            feats, _ = predict(backbone, loader(dataset), device, amp=amp, desc=f"features {v + 1}/{views}")
+            out.append(feats)
+    finally:
+        torch.set_rng_state(state)
+    return torch.stack(out)
+
+
+def cached_features(path: Path | None, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Load features from ``path`` when its key matches, else compute (and store them if ``path``)."""
+    if path is not None and path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if stored.get("key") == key:
+                log.info("features: using cache %s", path)
+                return stored["features"]
+            log.info("features: cache %s is stale (checkpoint or data changed); recomputing", path)
+        except Exception as e:  # unreadable cache: recompute rather than fail
+            log.warning("features: cannot read cache %s (%s); recomputing", path, e)
+    features = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"key": key, "features": features}, tmp)
+        tmp.replace(path)
+    return features

@@ -1,0 +1,25 @@
+"""Inference-time rules shared by classification and detection (post-hoc logit adjustment is
+``ltcls.losses.logit_adjusted.logit_adjust``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def dual_head_select(scores_original: torch.Tensor, scores_calibrated: torch.Tensor,
+                     class_counts: Sequence[int] | torch.Tensor, threshold: int) -> torch.Tensor:
+    """SimCal's dual-head ('sel') inference (Wang et al., ECCV 2020).
+
+    Classes with at most ``threshold`` training samples take the calibrated (second-stage) head's
+    scores, every other class the original head's; scores are not renormalized. Column ``c`` of
+    both inputs is class ``c``; ``class_counts`` has one entry per column.
+    """
+    if scores_original.shape != scores_calibrated.shape:
+        raise ValueError(f"score shapes differ: {tuple(scores_original.shape)} vs {tuple(scores_calibrated.shape)}")
+    counts = torch.as_tensor(class_counts, device=scores_original.device)
+    if counts.shape != scores_original.shape[-1:]:
+        raise ValueError(f"{counts.numel()} class counts for {scores_original.shape[-1]} score columns")
+    return torch.where(counts <= threshold, scores_calibrated, scores_original)
+
