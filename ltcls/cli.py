@@ -158,7 +158,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(C.dump(cfg))
         return 0
-    from ltcls.engine import Stage, Trainer, build_run
+    from ltcls.engine import Stage, Trainer, build_run, build_task
     from ltcls.reporting import Reporter
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         else:
             data, model, loss = build_run(cfg)
             _log_data(cfg, data)
-            trainer = Trainer(model, data, cfg, work_dir, reporter)
+            trainer = Trainer(model, data, cfg, work_dir, reporter, task=build_task(cfg))
             report = trainer.fit([Stage("stage1", loss, cfg["train"], cfg["sampler"])], resume=args.resume)
     finally:
         reporter.close()

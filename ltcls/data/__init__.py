@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ltcls.data import cifar, digits, samplers, split_file  # noqa: F401  (register datasets and samplers)
+from ltcls.data import benchmarks, cifar, digits, samplers, split_file  # noqa: F401  (register datasets, samplers)
 from ltcls.data.base import DATASETS, SAMPLERS, ArrayDataset, DataSplits, LTDataset
 from ltcls.data.samplers import LTSampler
 from ltcls.data.transforms import build_transforms
@@ -40,11 +40,13 @@ def build_data(cfg: Mapping[str, Any]) -> DataSplits:
     return DATASETS.build(name, cfg, train_transform=train_tf, eval_transform=eval_tf)
 
 
-def build_sampler(cfg: Mapping[str, Any], targets: Sequence[int], seed: int, epochs: int, num_replicas: int = 1,
-                  rank: int = 0) -> LTSampler:
-    """Build the sampler named ``cfg["name"]`` with its yaml hyper-parameters and the trainer's runtime facts."""
+def build_sampler(cfg: Mapping[str, Any], targets: Sequence[int] | None, seed: int, epochs: int, num_replicas: int = 1,
+                  rank: int = 0, dataset: Any = None) -> LTSampler:
+    """Build the sampler named ``cfg["name"]`` with its yaml hyper-parameters and the trainer's runtime facts.
+
+    ``dataset`` is passed to samplers that take it (e.g. repeat-factor sampling reads per-image classes)."""
     cfg = dict(cfg)
     if "name" not in cfg:
         raise KeyError(f"sampler section needs a 'name'; registered samplers: {', '.join(SAMPLERS.names())}")
     return SAMPLERS.build(cfg.pop("name"), cfg, targets=targets, seed=seed, epochs=epochs,
-                          num_replicas=num_replicas, rank=rank)
+                          num_replicas=num_replicas, rank=rank, dataset=dataset)

@@ -17,7 +17,7 @@ from ltcls.registry import Registry
 DATASETS = Registry("dataset", runtime=("train_transform", "eval_transform"))
 
 #: Samplers take their hyper-parameters from ``sampler.*``; the trainer passes the runtime facts.
-SAMPLERS = Registry("sampler", runtime=("targets", "seed", "epochs", "num_replicas", "rank"))
+SAMPLERS = Registry("sampler", runtime=("targets", "seed", "epochs", "num_replicas", "rank", "dataset"))
 
 
 class LTDataset(Dataset):

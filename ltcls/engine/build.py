@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ltcls.data import DataSplits, build_data
+from ltcls.engine.tasks import ClassificationTask
 from ltcls.losses import LTLoss, build_loss
 from ltcls.models import LTModel, build_classifier, create_backbone
 
@@ -38,6 +39,11 @@ def build_model(cfg: Mapping[str, Any], num_classes: int) -> LTModel:
 def build_stage_loss(cfg: Mapping[str, Any], data: DataSplits) -> LTLoss:
     return build_loss(cfg["loss"]["name"], num_classes=data.num_classes, class_counts=data.class_counts.tolist(),
                       **_params(cfg["loss"]))
+
+
+def build_task(cfg: Mapping[str, Any]) -> ClassificationTask:
+    """The task of a run (how batches become losses, how a stage is evaluated)."""
+    return ClassificationTask()
 
 
 def build_run(cfg: Mapping[str, Any]) -> tuple[DataSplits, LTModel, LTLoss]:

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,22 +21,20 @@ def autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, *,
-                    scaler: torch.amp.GradScaler | None = None, amp: bool = False, clip_grad_norm: float | None = None,
+def train_one_epoch(model: nn.Module, loader: DataLoader, step_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, *,
+                    scaler: torch.amp.GradScaler | None = None, clip_grad_norm: float | None = None,
                     log: Callable[[int, float, float], None] | None = None, log_interval: int = 10,
                     desc: str = "train", step: int = 0) -> dict[str, float]:
-    """Train for one pass over ``loader``; ``log(step, loss, lr)`` is called every ``log_interval`` steps.
+    """Train for one pass over ``loader``; ``step_fn(model, batch) -> (loss, n)`` computes a batch's loss
+    (see ``ltcls.engine.tasks``); ``log(step, loss, lr)`` is called every ``log_interval`` steps.
 
     Returns the mean loss, images/s and the global step after the epoch.
     """
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
-    for images, labels in bar:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp):
-            loss = loss_fn(model(images), labels)
+    for batch in bar:
+        loss, n = step_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -52,7 +51,6 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         step += 1
-        n = labels.shape[0]
         total_loss += loss.detach() * n  # stays on the device: no host sync on every step
         seen += n
         if step % log_interval == 0:

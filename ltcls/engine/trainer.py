@@ -21,10 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ltcls.data import DataSplits, build_sampler
 from ltcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ltcls.engine.loops import predict, train_one_epoch
+from ltcls.engine.loops import train_one_epoch
+from ltcls.engine.tasks import ClassificationTask
 from ltcls.losses import LTLoss
-from ltcls.losses.logit_adjusted import logit_adjust
-from ltcls.metrics import accuracy_report
 from ltcls.reporting import Reporter, write_json
 
 log = logging.getLogger("ltcls")
@@ -81,7 +80,8 @@ class Trainer:
     """Owns the model, data, device, reporter and checkpoints of one run directory."""
 
     def __init__(self, model: nn.Module, data: DataSplits, cfg: Mapping[str, Any], work_dir: str | Path,
-                 reporter: Reporter | None = None) -> None:
+                 reporter: Reporter | None = None, task: Any = None) -> None:
+        self.task = task if task is not None else ClassificationTask()
         self.model = model
         self.data = data
         self.cfg = cfg
@@ -96,6 +96,7 @@ class Trainer:
     def _loader(self, dataset: Dataset, batch_size: int, sampler=None, train: bool = False) -> DataLoader:
         workers = 0 if getattr(dataset, "in_memory", False) else self.cfg["train"]["num_workers"]
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                          collate_fn=self.task.collate_fn,
                           pin_memory=self.device.type == "cuda", drop_last=train and len(dataset) >= batch_size,
                           persistent_workers=False)
 
@@ -122,7 +123,8 @@ class Trainer:
                 p.requires_grad_(False)
         t = stage.train
         train_set = stage.train_set if stage.train_set is not None else self.data.train
-        sampler = build_sampler(stage.sampler, train_set.targets, seed=t["seed"], epochs=t["epochs"])
+        sampler = build_sampler(stage.sampler, getattr(train_set, "targets", None), seed=t["seed"],
+                                epochs=t["epochs"], dataset=train_set)
         loader = self._loader(train_set, t["batch_size"], sampler, train=True)
         module = self.module(stage).to(self.device)
         params = [p for p in module.parameters() if p.requires_grad]
@@ -184,8 +186,8 @@ class Trainer:
             stage.loss.set_epoch(epoch, epochs)
             self._set_mode(stage)
             stats = train_one_epoch(
-                self.module(stage), loader, stage.loss, optimizer, scheduler, self.device, scaler=scaler, amp=amp,
-                clip_grad_norm=t["clip_grad_norm"], log=self._log_step(stage), log_interval=t["log_interval"],
+                self.module(stage), loader, self.task.train_step(stage.loss, self.device, amp), optimizer, scheduler,
+                scaler=scaler, clip_grad_norm=t["clip_grad_norm"], log=self._log_step(), log_interval=t["log_interval"],
                 desc=f"{stage.name} {epoch + 1}/{epochs}", step=step)
             step = stats["step"]
             log.info("%s epoch %d/%d  loss %.4f  lr %.4g  %.0f img/s  (%.1fs)", stage.name, epoch + 1, epochs,
@@ -198,7 +200,7 @@ class Trainer:
             self._checkpoint(index, epoch + 1, step, stage, optimizer, scheduler, sampler, scaler)
         return step
 
-    def _log_step(self, stage: Stage):
+    def _log_step(self):
         if self.reporter is None:
             return None
 
@@ -218,37 +220,19 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- evaluation
     def evaluate(self, stage: Stage, step: int, epoch: int, final: bool = False) -> dict[str, Any]:
-        """Top-1 overall / many / medium / few on the eval split; written to TensorBoard and metrics.json."""
-        e = self.cfg["eval"]
-        split, dataset = self.eval_split(stage)
-        logits, labels = predict(self.module(stage), self._loader(dataset, e["batch_size"]), self.device,
-                                 amp=self.cfg["train"]["amp"], desc=f"eval {split}")
-        preds = self.predictions(stage.loss, logits)
-        report = accuracy_report(preds.numpy(), labels.numpy(), self.class_counts, e["many_threshold"],
-                                 e["few_threshold"])
-        report.update(split=split, epoch=epoch, stage=stage.name, num_classes=int(len(self.class_counts)))
-        log.info("%s epoch %d  %s top-1 %s", stage.name, epoch, split,
-                 "  ".join(f"{k} {_fmt(report[k])}" for k in ("overall", "many", "medium", "few")))
-        self.history.append({k: report[k] for k in ("stage", "epoch", "overall", "many", "medium", "few")})
+        """Evaluate with the task's metrics; the history goes to the report, the final one to metrics.json."""
+        report = self.task.evaluate(self, stage, step, epoch)
+        self.history.append({"stage": stage.name, "epoch": epoch, **{k: report.get(k) for k in self.task.summary_keys}})
         report["history"] = self.history
         if self.reporter is not None:
-            self.reporter.evaluation(report, step, classifier=getattr(self.model, "classifier", None),
-                                     many_threshold=e["many_threshold"], few_threshold=e["few_threshold"])
             self.reporter.flush()
         if final:
             write_json(self.work_dir / "metrics.json", report)
         return report
 
     def predictions(self, loss: LTLoss, logits: torch.Tensor) -> torch.Tensor:
-        """Predicted classes: argmax of the loss's inference scores, after post-hoc logit adjustment if asked."""
-        tau = self.cfg["eval"]["logit_adjust_tau"]
-        if tau:
-            logits = logit_adjust(logits, self.class_counts, tau)
-        return loss.scores(logits).argmax(dim=1)
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
+        """Predicted classes of classification logits (see ``ClassificationTask.predictions``)."""
+        return ClassificationTask.predictions(self, loss, logits)
 
 
 def _plain(obj: Any) -> Any:
