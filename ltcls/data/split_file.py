@@ -1,51 +1,285 @@
 """Datasets described by split files (ImageNet-LT, Places-LT, iNaturalist, ...): one ``relative/path label``
-per line, paths relative to ``data.root``."""
+per line, paths relative to ``data.root``.
+
+:class:`FileListDataset` is what every file-based builder returns. It decodes JPEGs at a reduced size when
+the transform does not need the full resolution (PIL's draft mode: the JPEG decoder scales by 1/2, 1/4 or
+1/8 in the DCT domain, which is much cheaper than decoding in full and resizing afterwards), and handles a
+corrupt or missing image either as an error naming the file and its split line (``on_bad_image: error``) or
+by logging it once, counting it and loading another image of the same class (``on_bad_image: skip``).
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision import transforms as T
 
 from ltcls.data.base import DATASETS, DataSplits, LTDataset
 
 logger = logging.getLogger(__name__)
 
 _FORMAT = "(expected 'relative/path label')"
+BAD_IMAGE_MODES = ("error", "skip")
+
+#: Maps a path as written in a split file (and its label) to the path under data.root (a layout change).
+PathMap = Callable[[str, int], str]
+
+
+class BadImageError(RuntimeError):
+    """An image listed in a split cannot be opened or decoded (``on_bad_image: error``)."""
+
+
+# ----------------------------------------------------------------------------------------- decoding
+
+
+def transform_min_size(transform: Callable | None) -> int:
+    """The short side (pixels) an image needs so that ``transform``'s first step never upsamples it.
+
+    Read off the first step of a ``Compose``: a ``Resize`` (its size; eval: ``img_size / crop_pct``) or a
+    random-resized crop (its output size: a crop of the whole image is not upsampled; smaller crops come
+    from the reduced image, as they do from any image of that size). 0 (decode in full) for anything else,
+    e.g. a crop without resize, which needs the original pixels.
+    """
+    steps = transform.transforms if isinstance(transform, T.Compose) else [transform]
+    if not steps:
+        return 0
+    first = steps[0]
+    if isinstance(first, T.Resize):
+        size = first.size
+        return int(size) if isinstance(size, int) else int(max(size))
+    if isinstance(first, (T.RandomResizedCrop, RandomResizedCropAndInterpolation)):
+        size = first.size
+        return int(size) if isinstance(size, int) else int(max(size))
+    return 0
+
+
+def open_rgb(path: str, min_size: int = 0) -> Image.Image:
+    """Open and decode an image as RGB; a JPEG is decoded at the largest DCT reduction (1/2, 1/4, 1/8) that
+    keeps both sides >= ``min_size`` (0: full size). Other formats are always decoded in full."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        if min_size > 0:
+            img.draft("RGB", (min_size, min_size))  # no-op for non-JPEG formats and images already small
+        img.load()  # decode now, while the file is open (no copy, unlike convert() on an RGB image)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------- dataset
 
 
 class FileListDataset(LTDataset):
-    """Images on disk at ``root/paths[i]``, opened with PIL and converted to RGB."""
+    """Images on disk at ``root/paths[i]``, decoded to RGB with PIL.
+
+    ``decode_size``: the short side a JPEG keeps at least when decoded; ``None`` reads it off the transform
+    (:func:`transform_min_size`), 0 always decodes in full. ``on_bad_image``: ``"error"`` raises
+    :class:`BadImageError` naming the file (and its split line when ``source`` / ``lines`` are given);
+    ``"skip"`` logs the file once, counts it and returns another image of the same class. The count
+    (:attr:`bad_image_count`, distinct files) lives in shared memory, so it also counts what DataLoader
+    worker processes met; views made by :meth:`with_transform` share it.
+    """
 
     def __init__(self, root: str, paths: Sequence[str], targets: Sequence[int], num_classes: int,
-                 classes: Sequence[str] | None = None, transform: Callable | None = None) -> None:
+                 classes: Sequence[str] | None = None, transform: Callable | None = None,
+                 decode_size: int | None = None, on_bad_image: str = "error", source: str | None = None,
+                 lines: Sequence[int] | None = None, where_format: str = "{source} line {n}") -> None:
         super().__init__(targets, num_classes, classes, transform)
         if len(paths) != len(self.targets):
             raise ValueError(f"{len(paths)} paths but {len(self.targets)} targets")
+        if on_bad_image not in BAD_IMAGE_MODES:
+            raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_MODES)}, got {on_bad_image!r}")
+        if decode_size is not None and decode_size < 0:
+            raise ValueError(f"decode_size must be >= 0 (0: full decoding) or null (from the transform), "
+                             f"got {decode_size}")
+        if lines is not None and len(lines) != len(paths):
+            raise ValueError(f"{len(lines)} line numbers but {len(paths)} paths")
         self.root = root
         self.paths = list(paths)
+        self.decode_size = decode_size
+        self.on_bad_image = on_bad_image
+        self.source = source
+        self.lines = np.asarray(lines, dtype=np.int64) if lines is not None else None
+        self.where_format = where_format
+        self._by_class: dict[int, np.ndarray] = {}
+        # One flag per sample in shared memory (inherited by, or pickled into, DataLoader workers).
+        self._bad = multiprocessing.RawArray("B", len(self.paths)) if on_bad_image == "skip" else None
+        self._bad_lock = multiprocessing.Lock() if on_bad_image == "skip" else None
+
+    # -- decoding
+    def min_decode_size(self) -> int:
+        """The short side JPEGs are decoded to at least, for the current transform (0: full size)."""
+        return transform_min_size(self.transform) if self.decode_size is None else self.decode_size
 
     def load(self, index: int) -> Image.Image:
-        with Image.open(os.path.join(self.root, self.paths[index])) as img:
-            return img.convert("RGB")
+        return open_rgb(os.path.join(self.root, self.paths[index]), self.min_decode_size())
+
+    def where(self, index: int) -> str | None:
+        """``'split.txt line 17'`` for sample ``index`` when the dataset knows its split file."""
+        if self.source is None or self.lines is None:
+            return None
+        return self.where_format.format(source=self.source, n=int(self.lines[index]))
+
+    def __getitem__(self, index: int):
+        return self.apply_transform(self._load_or_replace(index), index), int(self.targets[index])
+
+    # -- bad images
+    @property
+    def bad_image_count(self) -> int:
+        """Number of distinct unreadable images met so far (in this process and its DataLoader workers)."""
+        if self._bad is None:
+            return 0
+        return int(np.frombuffer(self._bad, dtype=np.uint8).sum())
+
+    @property
+    def bad_image_paths(self) -> list[str]:
+        """The unreadable images met so far (paths under root)."""
+        if self._bad is None:
+            return []
+        return [self.paths[i] for i in np.flatnonzero(np.frombuffer(self._bad, dtype=np.uint8))]
+
+    def _describe(self, index: int) -> str:
+        where = self.where(index)
+        return f"image '{self.paths[index]}' under data.root '{self.root}'" + (f" ({where})" if where else "")
+
+    def _load_or_replace(self, index: int) -> Image.Image:
+        try:
+            return self.load(index)
+        except Exception as err:  # any failure to open / decode this one file (PIL raises many types)
+            if self.on_bad_image == "error":
+                raise BadImageError(f"cannot read {self._describe(index)}: {type(err).__name__}: {err} "
+                                    "(set data.on_bad_image: skip to log, count and skip unreadable images)") from err
+            self._record_bad(index, err)
+        for other in self._same_class(index):
+            if self._bad[other]:
+                continue
+            try:
+                return self.load(other)
+            except Exception as err:
+                self._record_bad(other, err)
+        label = int(self.targets[index])
+        raise BadImageError(f"every image of class {label} ({self.classes[label]}) is unreadable; the first was "
+                            f"{self._describe(index)}")
+
+    def _record_bad(self, index: int, err: Exception) -> None:
+        with self._bad_lock:
+            first = not self._bad[index]
+            self._bad[index] = 1
+        if first:
+            logger.warning("skipping unreadable %s: %s: %s (data.on_bad_image: skip)", self._describe(index),
+                           type(err).__name__, err)
+
+    def _same_class(self, index: int) -> Iterator[int]:
+        """The other samples of ``index``'s class, starting after it and wrapping around."""
+        label = int(self.targets[index])
+        if label not in self._by_class:
+            self._by_class[label] = np.flatnonzero(self.targets == label)
+        members = self._by_class[label]
+        start = int(np.searchsorted(members, index, side="right"))
+        for k in range(len(members) - 1):
+            yield int(members[(start + k) % len(members)])
 
 
-def read_split(split: str, root: str, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
-    """Parse and check one split file; returns (relative paths, labels).
+# ----------------------------------------------------------------------------------------- split files
 
-    Every error names the file and the 1-based line: a line that is not ``path label``, a non-integer or
-    negative label, a label ``>= num_classes`` (when given: val/test against train), a path outside
-    ``root`` (absolute, or escaping with ``..``) and an image missing under ``root``.
+
+@dataclass
+class SplitList:
+    """The entries of one split: paths under root, labels and where each came from (1-based line, or the
+    index of the entry in a json list; ``where_format`` turns one into text)."""
+
+    source: str
+    paths: list[str]
+    labels: np.ndarray
+    lines: np.ndarray
+    where_format: str = "{source} line {n}"
+
+    def where(self, i: int) -> str:
+        return self.where_format.format(source=self.source, n=int(self.lines[i]))
+
+    def dataset(self, root: str, num_classes: int, classes: Sequence[str] | None = None,
+                transform: Callable | None = None, decode_size: int | None = None,
+                on_bad_image: str = "error") -> FileListDataset:
+        return FileListDataset(root, self.paths, self.labels, num_classes, classes, transform, decode_size,
+                               on_bad_image, self.source, self.lines, self.where_format)
+
+
+class EntryChecker:
+    """Checks entries (label, path) of a split as they are read; shared by the text and json readers.
+
+    Errors name ``where`` (file and line): a negative label, a label ``>= num_classes``, a path outside
+    ``root`` (absolute, or escaping with ``..``), a ``path_map`` failure; with ``check_files``, missing
+    images are collected and reported together by :meth:`finish` (the first, and how many).
+    """
+
+    def __init__(self, source: str, root: str, num_classes: int | None = None, path_map: PathMap | None = None,
+                 check_files: bool = True, where_format: str = "{source} line {n}") -> None:
+        self.source, self.root, self.num_classes = source, root, num_classes
+        self.path_map, self.check_files, self.where_format = path_map, check_files, where_format
+        self.root_abs = os.path.abspath(root)
+        self.paths: list[str] = []
+        self.labels: list[int] = []
+        self.lines: list[int] = []
+        self.missing: list[tuple[int, str, str]] = []
+
+    def where(self, n: int) -> str:
+        return self.where_format.format(source=self.source, n=n)
+
+    def add(self, n: int, rel: str, label: int) -> None:
+        where = self.where(n)
+        if label < 0:
+            raise ValueError(f"{where}: label {label} is negative (expected a class index >= 0)")
+        if self.num_classes is not None and label >= self.num_classes:
+            raise ValueError(f"{where}: label {label} out of range (expected 0..{self.num_classes - 1}: "
+                             f"the train split has {self.num_classes} classes)")
+        written = rel
+        if self.path_map is not None:
+            try:
+                rel = self.path_map(rel, label)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        # Lexical resolution: '..' and absolute paths cannot escape root, but symlinked folders inside
+        # root (a common way to mount a dataset) stay allowed.
+        full = os.path.normpath(os.path.join(self.root_abs, rel))
+        if os.path.isabs(rel) or os.path.commonpath([self.root_abs, full]) != self.root_abs:
+            raise ValueError(f"{where}: path {rel!r} resolves outside data.root '{self.root}' "
+                             f"(expected a path relative to data.root)")
+        if self.check_files and not os.path.exists(full):
+            self.missing.append((n, rel, written))
+        self.paths.append(rel)
+        self.labels.append(label)
+        self.lines.append(n)
+
+    def finish(self) -> SplitList:
+        if self.missing:
+            n, rel, written = self.missing[0]
+            mapped = f" (written {written!r} in the split file)" if written != rel else ""
+            more = f" (and {len(self.missing) - 1} more missing images)" if len(self.missing) > 1 else ""
+            raise FileNotFoundError(f"{self.where(n)}: image {rel!r}{mapped} not found under data.root "
+                                    f"'{self.root}'{more}")
+        if not self.paths:
+            raise ValueError(f"{self.source}: no entries {_FORMAT}")
+        return SplitList(self.source, self.paths, np.asarray(self.labels, dtype=np.int64),
+                         np.asarray(self.lines, dtype=np.int64), self.where_format)
+
+
+def read_split_file(split: str, root: str, num_classes: int | None = None, path_map: PathMap | None = None,
+                    check_files: bool = True) -> SplitList:
+    """Parse and check one split file (see :class:`EntryChecker` for the checks).
+
+    Every error names the file and the 1-based line, including a line that is not ``path label`` and a
+    non-integer label. ``path_map`` rewrites each path (e.g. onto another folder layout) before the checks;
+    ``check_files=False`` skips the existence check (fast, for statistics).
     """
     if not os.path.isfile(split):
         raise FileNotFoundError(f"split file not found: '{split}'")
-    root_abs = os.path.abspath(root)
-    paths: list[str] = []
-    labels: list[int] = []
-    missing: list[tuple[int, str]] = []
+    checker = EntryChecker(split, root, num_classes, path_map, check_files)
     with open(split, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             fields = line.split()
@@ -59,28 +293,14 @@ def read_split(split: str, root: str, num_classes: int | None = None) -> tuple[l
                 label = int(label_str)
             except ValueError:
                 raise ValueError(f"{where}: label {label_str!r} is not an integer {_FORMAT}") from None
-            if label < 0:
-                raise ValueError(f"{where}: label {label} is negative (expected a class index >= 0)")
-            if num_classes is not None and label >= num_classes:
-                raise ValueError(f"{where}: label {label} out of range (expected 0..{num_classes - 1}: "
-                                 f"the train split has {num_classes} classes)")
-            # Lexical resolution: '..' and absolute paths cannot escape root, but symlinked folders inside
-            # root (a common way to mount a dataset) stay allowed.
-            full = os.path.normpath(os.path.join(root_abs, rel))
-            if os.path.isabs(rel) or os.path.commonpath([root_abs, full]) != root_abs:
-                raise ValueError(f"{where}: path {rel!r} resolves outside data.root '{root}' "
-                                 f"(expected a path relative to data.root)")
-            if not os.path.exists(full):
-                missing.append((lineno, rel))
-            paths.append(rel)
-            labels.append(label)
-    if missing:
-        lineno, rel = missing[0]
-        more = f" (and {len(missing) - 1} more missing images)" if len(missing) > 1 else ""
-        raise FileNotFoundError(f"{split} line {lineno}: image {rel!r} not found under data.root '{root}'{more}")
-    if not paths:
-        raise ValueError(f"{split}: no entries {_FORMAT}")
-    return paths, np.asarray(labels, dtype=np.int64)
+            checker.add(lineno, rel, label)
+    return checker.finish()
+
+
+def read_split(split: str, root: str, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Parse and check one split file; returns (relative paths, labels). See :func:`read_split_file`."""
+    entries = read_split_file(split, root, num_classes)
+    return entries.paths, entries.labels
 
 
 @DATASETS.register("split_file")
@@ -91,25 +311,31 @@ def split_file(
     train_split: str = "",
     test_split: str = "",
     val_split: str | None = None,
+    decode_size: int | None = None,
+    on_bad_image: Literal["error", "skip"] = "error",
+    check_files: bool = True,
 ) -> DataSplits:
     """Train / test (/ val) splits from split files under image folder ``root``.
 
     ``num_classes`` is the largest train label + 1; val/test labels must fall in that range.
+    ``decode_size``: short side JPEGs keep when decoded (null: from the transform, 0: full decoding).
+    ``on_bad_image``: ``error`` (name the file and line) or ``skip`` (log, count, use another image of
+    the class). ``check_files: false`` skips checking at start-up that every listed image exists.
     """
     for key, value in (("root", root), ("train_split", train_split), ("test_split", test_split)):
         if not value:
             raise ValueError(f"split_file dataset: data.{key} must be set")
-    if not os.path.isdir(root):
+    if check_files and not os.path.isdir(root):
         raise FileNotFoundError(f"data.root folder not found: '{root}'")
-    paths, labels = read_split(train_split, root)
-    num_classes = int(labels.max()) + 1
+    train = read_split_file(train_split, root, check_files=check_files)
+    num_classes = int(train.labels.max()) + 1
 
     def split(path: str, transform: Callable | None) -> FileListDataset:
-        p, y = read_split(path, root, num_classes)
-        return FileListDataset(root, p, y, num_classes, transform=transform)
+        entries = read_split_file(path, root, num_classes, check_files=check_files)
+        return entries.dataset(root, num_classes, None, transform, decode_size, on_bad_image)
 
     splits = DataSplits(
-        train=FileListDataset(root, paths, labels, num_classes, transform=train_transform),
+        train=train.dataset(root, num_classes, None, train_transform, decode_size, on_bad_image),
         test=split(test_split, eval_transform),
         val=split(val_split, eval_transform) if val_split else None,
     )

@@ -1,0 +1,145 @@
+"""``ltcls-data``: dataset statistics, verification and long-tailed split generation (argparse only; the
+logic is in ``ltcls.data.tools``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+DESCRIPTION = """\
+Inspect and prepare long-tailed datasets.
+
+  stats       classes and images per split, max / min per class, imbalance factor, many / medium / few
+              class counts and a histogram; for the official ImageNet-LT, Places-LT and iNaturalist 2018
+              files, whether the numbers match the published ones
+  verify      every image a config lists exists under data.root and decodes; labels in range
+  make-split  regenerate a long-tailed split (Pareto or exponential profile) from a class-folder dataset
+"""
+
+EXAMPLES = """\
+examples:
+  ltcls-data stats configs/imagenet_lt_ce.yaml --set data.root=/datasets/imagenet
+  ltcls-data stats data_splits/ImageNet_LT/ImageNet_LT_train.txt --convention oltr
+  ltcls-data verify configs/places_lt_ce.yaml --set data.root=/datasets/places365 --workers 16
+  ltcls-data make-split --root /datasets/imagenet --test-dir val --name ImageNet_LT_regen --seed 0
+  ltcls-data make-split --root /datasets/my_folders --profile exp --imbalance-factor 100 --img-max 500 \\
+      --val-per-class 10 --name MyData_LT
+"""
+
+MAKE_SPLIT_HELP = """\
+Regenerate a long-tailed split from a full class-folder dataset (ROOT/TRAIN_DIR/<class>/<image>; labels are
+the sorted class folder names, as ImageNet-LT's are the sorted WordNet ids).
+
+Per class, --val-per-class images are set aside first (a balanced val split, like ImageNet-LT's 20 per
+class); the train counts follow the profile and go to classes at random among those with enough images;
+each class keeps a random subset of its images. --test-dir lists every image of another class-folder tree
+(e.g. ImageNet's val/ sorted into class folders) as the balanced test split. Same seed, same files.
+
+Profiles:
+  pareto  OLTR's procedure for ImageNet-LT / Places-LT: one Pareto(--alpha) draw per class, sorted and
+          scaled onto [--img-min, --img-max] (ImageNet-LT: alpha 6, 1280 .. 5)
+  exp     LDAM-DRW's n_i = img_max * (1/IF)^(i/(C-1)); IF = --imbalance-factor (default img-max/img-min)
+  step    half the classes img_max, the rest img_max / IF
+
+Writes OUT/NAME_train.txt, NAME_val.txt, NAME_test.txt ('relative/path label', relative to ROOT) and
+OUT/NAME_counts.json (per-class counts, totals, many/medium/few in both conventions, the settings).
+"""
+
+
+# Kept here (not imported from ltcls.data) so that --help answers without loading torch; a test checks
+# that they equal ltcls.data.published.CONVENTIONS and ltcls.data.tools.MAKE_SPLIT_PROFILES.
+CONVENTIONS = {"kang": "many > 100, few < 20 (Kang et al.)", "oltr": "many >= 100, few <= 20 (OLTR)"}
+PROFILES = ("pareto", "exp", "step")
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                        help="override a config value by its yaml path, e.g. --set data.root=/datasets/imagenet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltcls-data", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{stats,verify,make-split}")
+
+    p = sub.add_parser("stats", help="split statistics and the published-number check",
+                       description="Statistics of a config's dataset or of one split / annotation file. No image "
+                                   "is opened, so the images need not be present.")
+    p.add_argument("target", metavar="CONFIG_OR_SPLIT",
+                   help="a config (*.yaml) or a split file ('relative/path label' lines, *.txt) or iNaturalist "
+                        "annotations (*.json)")
+    _add_set(p)
+    p.add_argument("--convention", choices=sorted(CONVENTIONS), default="kang",
+                   help="many / medium / few: " + "; ".join(f"{k}: {v}" for k, v in CONVENTIONS.items())
+                        + " (default: kang)")
+
+    p = sub.add_parser("verify", help="check that every listed image exists and decodes",
+                       description="Open and fully decode every image the config's train / val / test splits "
+                                   "list (in parallel threads), and check every label. Problems are grouped by "
+                                   "kind with their split file and line; the exit status is 1 if any is found, 2 "
+                                   "if the config or a split file cannot be read.")
+    p.add_argument("config", metavar="CONFIG", help="a config (*.yaml) whose data section to verify")
+    _add_set(p)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="decoding threads (default: the number of CPUs, %(default)s here)")
+    p.add_argument("--show", type=int, default=10, metavar="N",
+                   help="problems listed per kind; the rest are counted (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("make-split", help="regenerate a long-tailed split from a class-folder dataset",
+                       description=MAKE_SPLIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="dataset folder; split paths are relative to it")
+    p.add_argument("--train-dir", default="train", help="class folders to sample from, under ROOT (default: train)")
+    p.add_argument("--test-dir", default=None, help="class folders listed in full as the test split (e.g. val)")
+    p.add_argument("--val-per-class", type=int, default=20, metavar="N",
+                   help="images per class set aside for the val split (default: 20; 0: no val split)")
+    p.add_argument("--profile", choices=PROFILES, default="pareto", help="class-count profile")
+    p.add_argument("--alpha", type=float, default=6.0, help="Pareto shape (default: 6, as ImageNet-LT)")
+    p.add_argument("--img-max", type=int, default=1280, help="images in the largest class (default: 1280)")
+    p.add_argument("--img-min", type=int, default=5, help="images in the smallest class, pareto (default: 5)")
+    p.add_argument("--imbalance-factor", type=float, default=None,
+                   help="exp / step: largest / smallest class (default: img-max / img-min)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    p.add_argument("--name", default=None, help="file name prefix (default: ROOT's folder name + '_LT')")
+    p.add_argument("--out", default=None, help="output folder (default: data_splits/NAME)")
+    p.add_argument("--force", action="store_true", help="overwrite existing split files")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ltcls-data``: returns the exit status (0 ok, 1 problems found by verify, 2 unusable input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from ltcls.config import ConfigError
+    from ltcls.data import tools
+
+    try:
+        if args.command == "stats":
+            print(tools.stats(args.target, args.overrides, args.convention))
+            return 0
+        if args.command == "verify":
+            splits = tools.build_config_splits(tools.load_config(args.config, args.overrides), check_files=False)
+            report = tools.verify(splits, args.workers, progress=not args.no_progress)
+            print(report.format(args.show))
+            return 0 if report.ok else 1
+        name = args.name or os.path.basename(os.path.normpath(args.root)) + "_LT"
+        made = tools.make_split(args.root, args.out or os.path.join("data_splits", name), name,
+                                train_dir=args.train_dir, test_dir=args.test_dir, val_per_class=args.val_per_class,
+                                profile=args.profile, alpha=args.alpha, img_max=args.img_max, img_min=args.img_min,
+                                imbalance_factor=args.imbalance_factor, seed=args.seed, overwrite=args.force)
+        for split, path in made.files.items():
+            total = f" ({sum(made.counts[split]):,} images)" if split in made.counts else ""
+            print(f"wrote {path}{total}")
+        return 0
+    except (ConfigError, ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"ltcls-data {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # python -m ltcls.data_cli
+    sys.exit(main())
