@@ -73,14 +73,18 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> None:
     parser.exit(2, f"ltcls-train: error: {message}\n")
 
 
-def _setup_logging(work_dir: Path) -> None:
+def _setup_logging(work_dir: Path | None) -> None:
+    """Console + ``work_dir/train.log`` at INFO on the main process; warnings only on the other ranks."""
     logger = logging.getLogger("ltcls")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if work_dir is not None else logging.WARNING)
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(work_dir / "train.log")):
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if work_dir is not None:
+        handlers.append(logging.FileHandler(work_dir / "train.log"))
+    for handler in handlers:
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     logger.propagate = False
@@ -159,30 +163,37 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(C.dump(cfg))
         return 0
     from ltcls.engine import Stage, Trainer, build_run, build_task
+    from ltcls.engine.distributed import cleanup, init_distributed
     from ltcls.reporting import Reporter
 
-    work_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        C.save(cfg, work_dir / "config.yaml")
-    _setup_logging(work_dir)
-    log.info("run directory %s", work_dir)
-    reporter = Reporter(work_dir, prefix="stage2/" if args.stage2 else "")
-    reporter.config(C.dump(cfg))
+    dist = init_distributed(cfg["train"]["device"])
+    if dist.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            C.save(cfg, work_dir / "config.yaml")
+    _setup_logging(work_dir if dist.is_main else None)
+    log.info("run directory %s%s", work_dir, f" ({dist.world_size} processes)" if dist.enabled else "")
+    reporter = Reporter(work_dir, prefix="stage2/" if args.stage2 else "") if dist.is_main else None
+    if reporter is not None:
+        reporter.config(C.dump(cfg))
     try:
         if args.stage2:
             from ltcls.engine.stage2 import run_stage2
 
             report = run_stage2(cfg, Path(cfg["stage2"]["from_run"]), work_dir, reporter, resume=args.resume)
+            keys = ("overall", "many", "medium", "few")
         else:
             data, model, loss = build_run(cfg)
             _log_data(cfg, data)
             trainer = Trainer(model, data, cfg, work_dir, reporter, task=build_task(cfg))
             report = trainer.fit([Stage("stage1", loss, cfg["train"], cfg["sampler"])], resume=args.resume)
+            keys = trainer.task.summary_keys
     finally:
-        reporter.close()
-    log.info("done: %s top-1 overall %.2f | many %s | medium %s | few %s -> %s", report["split"], report["overall"],
-             *(f"{report[g]:.2f}" if report[g] is not None else "n/a" for g in ("many", "medium", "few")),
-             work_dir / "metrics.json")
+        if reporter is not None:
+            reporter.close()
+        cleanup()
+    summary = " | ".join(f"{k} {report[k]:.2f}" if report.get(k) is not None else f"{k} n/a" for k in keys)
+    log.info("done: %s %s -> %s", report.get("split"), summary, work_dir / "metrics.json")
     return 0
 
 
@@ -193,5 +204,13 @@ def _log_data(cfg: dict, data) -> None:
              len(getattr(data, cfg["eval"]["split"]) or []), cfg["eval"]["split"])
 
 
-if __name__ == "__main__":  # python -m ltcls.cli
-    sys.exit(train_main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ltcls.cli train ...`` (the form for ``torchrun -m``); ``train`` may be left out."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return train_main(argv)
+
+
+if __name__ == "__main__":  # python -m ltcls.cli [train] ...
+    sys.exit(main())

@@ -32,7 +32,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """``train:`` the optimization schedule of the (first) stage."""
+    """``train:`` the optimization schedule of the (first) stage.
+
+    ``batch_size`` is the global batch of one optimizer step: with N processes and ``accum_steps``
+    micro-batches each process runs ``batch_size / (N * accum_steps)`` images at a time. ``amp``,
+    ``channels_last`` and ``sync_bn`` apply on CUDA only (ignored on CPU); ``compile`` wraps the
+    trained module in ``torch.compile``.
+    """
 
     epochs: int = 30
     batch_size: int = 128
@@ -45,9 +51,14 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0
     clip_grad_norm: float | None = None
+    accum_steps: int = 1
     seed: int = 0
     num_workers: int = 2
     amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
     device: str = "auto"
     log_interval: int = 10
 
@@ -97,10 +108,39 @@ class Stage2Config:
     dual_head_threshold: int | None = None
 
 
+@dataclass
+class DetectionConfig:
+    """``detection:`` Mask R-CNN settings, read only when ``data`` is a detection dataset (``lvis``).
+
+    ``min_size`` / ``max_size``: the detector's resize (one ``min_size`` drawn per training image, the
+    last one at test time, as torchvision's ``GeneralizedRCNNTransform``). Test-time post-processing:
+    ``score_thresh``, ``detections_per_img``, per-class NMS at ``nms_thresh`` (LVIS: 1e-4, 300; GOL
+    uses NMS 0.3); ``mask_threshold`` binarizes the mask probabilities. ``normalized_mask``: the mask
+    predictor's 1x1 logits conv normalized (Seesaw, Sec. 3.3), temperature ``mask_tau``. Head sizes
+    (torchvision's defaults; smaller for CPU toys): ``fpn_channels``, ``box_head_dim``,
+    ``mask_head_layers``, ``box_batch_size_per_image`` (RoIs sampled per image). ``trainable_backbone_layers``:
+    ``null`` is torchvision's rule (3 with pretrained weights, all 5 without).
+    """
+
+    min_size: list[int] = field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
+    max_size: int = 1333
+    score_thresh: float = 1e-4
+    detections_per_img: int = 300
+    nms_thresh: float = 0.5
+    mask_threshold: float = 0.5
+    normalized_mask: bool = False
+    mask_tau: float = 20.0
+    fpn_channels: int = 256
+    box_head_dim: int = 1024
+    mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    box_batch_size_per_image: int = 512
+    trainable_backbone_layers: int | None = None
+
+
 FIXED_SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-                                   "stage2": Stage2Config}
+                                   "stage2": Stage2Config, "detection": DetectionConfig}
 DEFAULT_NAMES: dict[str, str] = {"data": "digits_lt", "classifier": "linear", "loss": "ce", "sampler": "instance"}
-SECTION_ORDER = ("data", "model", "classifier", "loss", "sampler", "train", "eval", "stage2")
+SECTION_ORDER = ("data", "model", "classifier", "loss", "sampler", "train", "eval", "stage2", "detection")
 
 
 def _registry(section: str):

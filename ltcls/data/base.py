@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -26,7 +28,15 @@ class LTDataset(Dataset):
 
     Subclasses implement ``load(index) -> PIL.Image`` (RGB). ``with_transform`` gives a shallow
     copy with another transform (e.g. the train split seen through eval transforms).
+
+    With ``seed_augmentation(seed)`` and ``set_epoch(epoch)``, the random transform of sample ``i``
+    draws from generators seeded by (seed, epoch, i) alone: the same augmentation whatever the
+    number of DataLoader workers or processes, so an N-process run sees exactly the images a
+    1-process run sees. The surrounding random state is restored afterwards.
     """
+
+    aug_seed: int | None = None
+    epoch: int = 0
 
     def __init__(self, targets: Sequence[int], num_classes: int, classes: Sequence[str] | None = None,
                  transform: Callable | None = None) -> None:
@@ -42,10 +52,31 @@ class LTDataset(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        img = self.load(index)
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, int(self.targets[index])
+        return self.apply_transform(self.load(index), index), int(self.targets[index])
+
+    def seed_augmentation(self, seed: int | None) -> None:
+        self.aug_seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def apply_transform(self, img: Image.Image, index: int):
+        """``transform(img)``, with per-sample seeded randomness when ``seed_augmentation`` was called."""
+        if self.transform is None:
+            return img
+        if self.aug_seed is None:
+            return self.transform(img)
+        seed = ((self.aug_seed * 1_000_003 + self.epoch) * 2_654_435_761 + int(index)) % (2**63)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.transform(img)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
 
     @property
     def class_counts(self) -> np.ndarray:

@@ -43,7 +43,8 @@ def build_stage_loss(cfg: Mapping[str, Any], data: DataSplits) -> LTLoss:
 
 def build_task(cfg: Mapping[str, Any]) -> ClassificationTask:
     """The task of a run (how batches become losses, how a stage is evaluated)."""
-    return ClassificationTask()
+    t = cfg["train"]
+    return ClassificationTask(amp_dtype=t["amp_dtype"], channels_last=t["channels_last"])
 
 
 def build_run(cfg: Mapping[str, Any]) -> tuple[DataSplits, LTModel, LTLoss]:

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ltcls.data import LTDataset
-from ltcls.engine.loops import predict
+from ltcls.engine.distributed import info
 
 log = logging.getLogger("ltcls")
 
@@ -78,22 +77,21 @@ def cache_key(checkpoint_digest: str, data_cfg: Mapping[str, Any], split: str, d
     return h.hexdigest()
 
 
-def extract_features(backbone: nn.Module, dataset: LTDataset, loader: Callable[[Dataset], DataLoader],
-                     device: torch.device, views: int = 1, amp: bool = False, seed: int = 0) -> torch.Tensor:
-    """Features ``(views, N, D)`` of ``dataset`` through ``backbone`` in eval mode (float32, CPU).
+def extract_features(predict_fn: Callable[[Dataset, str], tuple[torch.Tensor, torch.Tensor]], dataset: LTDataset,
+                     views: int = 1, seed: int = 0) -> torch.Tensor:
+    """Features ``(views, N, D)`` of ``dataset`` (float32, CPU); ``predict_fn(dataset, desc)`` runs the
+    frozen backbone in eval mode (sharded over processes by the Trainer).
 
-    With ``views > 1`` every pass draws new random augmentations from a generator state seeded by
-    ``seed`` (restored afterwards, so training randomness is not disturbed).
+    With ``views > 1`` every pass draws new random augmentations, seeded per sample by (seed, view, index)
+    so the views are the same whatever the number of workers or processes.
     """
     out = []
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        for v in range(views):
-            feats, _ = predict(backbone, loader(dataset), device, amp=amp, desc=f"features {v + 1}/{views}")
-            out.append(feats)
-    finally:
-        torch.set_rng_state(state)
+    for v in range(views):
+        if views > 1 and hasattr(dataset, "seed_augmentation"):
+            dataset.seed_augmentation(seed)
+            dataset.set_epoch(v)
+        feats, _ = predict_fn(dataset, f"features {v + 1}/{views}")
+        out.append(feats)
     return torch.stack(out)
 
 
@@ -109,7 +107,7 @@ def cached_features(path: Path | None, key: str, compute: Callable[[], torch.Ten
         except Exception as e:  # unreadable cache: recompute rather than fail
             log.warning("features: cannot read cache %s (%s); recomputing", path, e)
     features = compute()
-    if path is not None:
+    if path is not None and info().is_main:  # every process computed the same features; one writes
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"key": key, "features": features}, tmp)

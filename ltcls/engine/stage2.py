@@ -112,12 +112,12 @@ class Context:
             seed = self.cfg["train"]["seed"]
             key = cache_key(self.checkpoint_digest, self.cfg["data"], split, dataset, views, seed)
             path = self.cache_dir / f"{split}_views{views}.pt" if self.use_cache() else None
-            e = self.cfg["eval"]
 
             def compute() -> torch.Tensor:
-                return extract_features(self.model.backbone, dataset,
-                                        lambda ds: self.trainer._loader(ds, e["batch_size"]), self.trainer.device,
-                                        views=views, amp=self.cfg["train"]["amp"], seed=seed)
+                def predict_fn(ds, desc):
+                    return self.trainer.predict_dataset(self.model.backbone, ds, desc=desc)
+
+                return extract_features(predict_fn, dataset, views=views, seed=seed)
 
             self._features[(split, views)] = cached_features(path, key, compute)
         return FeatureSet(self._features[(split, views)], dataset.targets, self.data.num_classes)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ltcls.engine.loops import autocast, predict
+from ltcls.engine.loops import autocast
 from ltcls.losses import LTLoss
 from ltcls.losses.logit_adjusted import logit_adjust
 from ltcls.metrics import GROUPS, accuracy_report
@@ -32,12 +32,20 @@ class ClassificationTask:
     #: Report keys kept in the run's evaluation history.
     summary_keys = ("overall", *GROUPS)
 
+    def __init__(self, amp_dtype: str = "float16", channels_last: bool = False) -> None:
+        self.amp_dtype = amp_dtype
+        self.channels_last = channels_last
+
     def train_step(self, loss_fn: LTLoss, device: torch.device, amp: bool) -> StepFn:
+        memory_format = torch.channels_last if self.channels_last and device.type == "cuda" else None
+
         def step(module: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
             images, labels = batch
             images = images.to(device, non_blocking=True)
+            if memory_format is not None and images.ndim == 4:
+                images = images.contiguous(memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
-            with autocast(device, amp):
+            with autocast(device, amp, self.amp_dtype):
                 return loss_fn(module(images), labels), labels.shape[0]
 
         return step
@@ -46,8 +54,7 @@ class ClassificationTask:
         """Top-1 on the eval split, logged and written to TensorBoard (the Trainer writes metrics.json)."""
         e = trainer.cfg["eval"]
         split, dataset = trainer.eval_split(stage)
-        logits, labels = predict(trainer.module(stage), trainer._loader(dataset, e["batch_size"]), trainer.device,
-                                 amp=trainer.cfg["train"]["amp"], desc=f"eval {split}")
+        logits, labels = trainer.predict_dataset(trainer.module(stage), dataset, desc=f"eval {split}")
         preds = self.predictions(trainer, stage.loss, logits)
         report = accuracy_report(preds.numpy(), labels.numpy(), trainer.class_counts, e["many_threshold"],
                                  e["few_threshold"])

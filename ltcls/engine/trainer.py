@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ltcls.data import DataSplits, build_sampler
 from ltcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ltcls.engine.loops import train_one_epoch
+from ltcls.engine.distributed import gather_shards
+from ltcls.engine.distributed import info as dist_info
+from ltcls.engine.loops import predict, train_one_epoch
 from ltcls.engine.tasks import ClassificationTask
 from ltcls.losses import LTLoss
 from ltcls.reporting import Reporter, write_json
@@ -82,23 +85,42 @@ class Trainer:
     def __init__(self, model: nn.Module, data: DataSplits, cfg: Mapping[str, Any], work_dir: str | Path,
                  reporter: Reporter | None = None, task: Any = None) -> None:
         self.task = task if task is not None else ClassificationTask()
+        self.dist = dist_info()
         self.model = model
         self.data = data
         self.cfg = cfg
         self.work_dir = Path(work_dir)
         self.device = resolve_device(cfg["train"]["device"])
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if cfg["train"]["sync_bn"] and self.dist.enabled and self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # CUDA only in PyTorch
         self.model.to(self.device)
         self.reporter = reporter
         self.class_counts = data.class_counts
         self.history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------------------------- data
-    def _loader(self, dataset: Dataset, batch_size: int, sampler=None, train: bool = False) -> DataLoader:
-        workers = 0 if getattr(dataset, "in_memory", False) else self.cfg["train"]["num_workers"]
+    def _loader(self, dataset: Dataset, batch_size: int, sampler=None, train: bool = False,
+                in_memory: bool | None = None) -> DataLoader:
+        if in_memory is None:
+            in_memory = getattr(dataset, "in_memory", False)
+        workers = 0 if in_memory else self.cfg["train"]["num_workers"]
+        count = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                          collate_fn=self.task.collate_fn,
-                          pin_memory=self.device.type == "cuda", drop_last=train and len(dataset) >= batch_size,
-                          persistent_workers=False)
+                          collate_fn=self.task.collate_fn, pin_memory=self.device.type == "cuda",
+                          drop_last=train and count >= batch_size, persistent_workers=False)
+
+    def predict_dataset(self, module: nn.Module, dataset: Dataset, desc: str = "eval",
+                        progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs and labels of every sample of ``dataset``; with N processes each computes the shard
+        ``dataset[rank::N]`` and the shards are gathered back into dataset order on every rank."""
+        d, e, t = self.dist, self.cfg["eval"], self.cfg["train"]
+        in_memory = getattr(dataset, "in_memory", False)
+        shard = Subset(dataset, range(d.rank, len(dataset), d.world_size)) if d.enabled else dataset
+        out, labels = predict(module, self._loader(shard, e["batch_size"], in_memory=in_memory), self.device,
+                              amp=t["amp"], amp_dtype=t["amp_dtype"], desc=desc, progress=progress)
+        return gather_shards(out, len(dataset)), gather_shards(labels, len(dataset))
 
     def eval_split(self, stage: Stage | None = None) -> tuple[str, Dataset]:
         """The configured evaluation split (``eval.split``), as the stage sees it (images or features)."""
@@ -122,24 +144,39 @@ class Trainer:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
         t = stage.train
+        d = self.dist
+        if t["batch_size"] % (d.world_size * t["accum_steps"]):
+            raise ValueError(f"train.batch_size ({t['batch_size']}) must be divisible by the number of processes "
+                             f"({d.world_size}) x train.accum_steps ({t['accum_steps']})")
         train_set = stage.train_set if stage.train_set is not None else self.data.train
+        if hasattr(train_set, "seed_augmentation"):
+            train_set.seed_augmentation(t["seed"])
         sampler = build_sampler(stage.sampler, getattr(train_set, "targets", None), seed=t["seed"],
-                                epochs=t["epochs"], dataset=train_set)
-        loader = self._loader(train_set, t["batch_size"], sampler, train=True)
+                                epochs=t["epochs"], num_replicas=d.world_size, rank=d.rank, dataset=train_set)
+        micro_batch = t["batch_size"] // (d.world_size * t["accum_steps"])
+        loader = self._loader(train_set, micro_batch, sampler, train=True)
         module = self.module(stage).to(self.device)
+        if t["channels_last"] and self.device.type == "cuda":
+            module.to(memory_format=torch.channels_last)
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{stage.name}: nothing to train (every parameter is frozen)")
         optimizer = torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
                                     nesterov=t["nesterov"] and t["momentum"] > 0)
-        steps = max(len(loader), 1)
+        steps = max(len(loader) // t["accum_steps"], 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
             s, steps_per_epoch=steps, epochs=t["epochs"], schedule=t["schedule"], warmup_epochs=t["warmup_epochs"],
             milestones=t["milestones"], gamma=t["gamma"]))
         amp = t["amp"] and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if amp else None
+        scaler = torch.amp.GradScaler("cuda") if amp and t["amp_dtype"] == "float16" else None
         stage.loss.to(self.device)
-        return sampler, loader, optimizer, scheduler, scaler, amp
+        wrapped = module
+        if d.enabled:
+            wrapped = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda"
+                                              else None)
+        if t["compile"]:
+            wrapped = torch.compile(wrapped)
+        return sampler, loader, optimizer, scheduler, scaler, amp, wrapped
 
     def _set_mode(self, stage: Stage) -> None:
         self.model.train()
@@ -163,7 +200,7 @@ class Trainer:
             if stage.train is None:  # evaluation-only stage
                 report = self.evaluate(stage, step, epoch=0, final=True)
                 continue
-            sampler, loader, optimizer, scheduler, scaler, amp = self._setup(stage)
+            sampler, loader, optimizer, scheduler, scaler, amp, wrapped = self._setup(stage)
             epoch0 = 0
             if ckpt is not None and index == start_stage:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -174,20 +211,25 @@ class Trainer:
                     scaler.load_state_dict(ckpt["scaler"])
                 set_rng_state(ckpt["rng"])
                 epoch0 = start_epoch
-            step = self._run_stage(index, stage, epoch0, step, sampler, loader, optimizer, scheduler, scaler, amp)
+            step = self._run_stage(index, stage, epoch0, step, sampler, loader, optimizer, scheduler, scaler, amp,
+                                   wrapped)
             report = self.evaluate(stage, step, epoch=stage.train["epochs"], final=True)
         return report
 
-    def _run_stage(self, index, stage, epoch0, step, sampler, loader, optimizer, scheduler, scaler, amp) -> int:
+    def _run_stage(self, index, stage, epoch0, step, sampler, loader, optimizer, scheduler, scaler, amp,
+                   wrapped) -> int:
         t, epochs = stage.train, stage.train["epochs"]
         interval = self.cfg["eval"]["interval"]
         for epoch in range(epoch0, epochs):
             sampler.set_epoch(epoch)
+            if hasattr(loader.dataset, "set_epoch"):
+                loader.dataset.set_epoch(epoch)
             stage.loss.set_epoch(epoch, epochs)
             self._set_mode(stage)
             stats = train_one_epoch(
-                self.module(stage), loader, self.task.train_step(stage.loss, self.device, amp), optimizer, scheduler,
-                scaler=scaler, clip_grad_norm=t["clip_grad_norm"], log=self._log_step(), log_interval=t["log_interval"],
+                wrapped, loader, self.task.train_step(stage.loss, self.device, amp), optimizer, scheduler,
+                scaler=scaler, clip_grad_norm=t["clip_grad_norm"], accum_steps=t["accum_steps"],
+                log=self._log_step(), log_interval=t["log_interval"],
                 desc=f"{stage.name} {epoch + 1}/{epochs}", step=step)
             step = stats["step"]
             log.info("%s epoch %d/%d  loss %.4f  lr %.4g  %.0f img/s  (%.1fs)", stage.name, epoch + 1, epochs,
@@ -211,6 +253,8 @@ class Trainer:
         return log_fn
 
     def _checkpoint(self, index, epoch, step, stage, optimizer, scheduler, sampler, scaler) -> None:
+        if not self.dist.is_main:  # one writer; every rank reads it on --resume
+            return
         state = {"stage": index, "epoch": epoch, "step": step, "model": self.model.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "sampler": sampler.state_dict(), "loss": stage.loss.state_dict(),
@@ -222,11 +266,15 @@ class Trainer:
     def evaluate(self, stage: Stage, step: int, epoch: int, final: bool = False) -> dict[str, Any]:
         """Evaluate with the task's metrics; the history goes to the report, the final one to metrics.json."""
         report = self.task.evaluate(self, stage, step, epoch)
+        bad = {name: split.bad_image_count for name in ("train", "val", "test")
+               if (split := getattr(self.data, name, None)) is not None and hasattr(split, "bad_image_count")}
+        if bad:  # images skipped with data.on_bad_image: skip (counted across loader workers)
+            report["bad_images"] = bad
         self.history.append({"stage": stage.name, "epoch": epoch, **{k: report.get(k) for k in self.task.summary_keys}})
         report["history"] = self.history
         if self.reporter is not None:
             self.reporter.flush()
-        if final:
+        if final and self.dist.is_main:
             write_json(self.work_dir / "metrics.json", report)
         return report
 
