@@ -4,6 +4,7 @@ This file is the only registration site of the classifier registry: it imports e
 that registers a head.
 """
 
+from ltcls.models import decoupled  # noqa: F401  (registers 'tau_norm', 'lws', 'ncm')
 from ltcls.models.backbone import LTModel, create_backbone
 from ltcls.models.classifiers import CLASSIFIERS, build_classifier
 
