@@ -199,6 +199,13 @@ def section_schema(section: str, name: str | None = None) -> dict[str, tuple[Any
     return schema
 
 
+def _plain_default(value: Any) -> Any:
+    """Defaults as yaml would give them back (tuples as lists), so a saved config resolves to itself."""
+    if isinstance(value, tuple):
+        return [_plain_default(v) for v in value]
+    return value
+
+
 def _field_default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
@@ -342,7 +349,7 @@ def resolve(file_cfg: Mapping[str, Any] | None = None, overrides: Sequence[str] 
             schema = section_schema(section, name)
         except KeyError as e:
             raise ConfigError(f"{section}.name: {e.args[0]}") from None
-        values = {k: d for k, (_, d) in schema.items()}
+        values = {k: _plain_default(d) for k, (_, d) in schema.items()}
         for key, value in given.items():
             if key not in schema:
                 where = f"in section '{section}'" + (f" ({section} '{name}' has no such parameter)" if name else "")
