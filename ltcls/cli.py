@@ -12,7 +12,7 @@ from ltcls import config as C
 
 log = logging.getLogger("ltcls")
 
-STAGE2_METHODS = ("crt", "lws", "tau_norm", "ncm", "gumbel")
+STAGE2_METHODS = ("crt", "lws", "tau_norm", "ncm", "gumbel", "simcal")
 
 TRAIN_DESCRIPTION = """\
 Train a long-tailed classifier and report top-1 overall / many / medium / few-shot accuracy.
@@ -42,6 +42,8 @@ stage-1 config, before --set):
   tau_norm  no training; tau swept over stage2.tau_grid, chosen on stage2.tau_split (val)
   ncm       no training; nearest class mean of the backbone features
   gumbel    stage-1 classifier re-trained with the Gumbel loss, instance sampler, lr 1e-4, 15 epochs
+  simcal    detection (lvis) runs: SimCal calibration of the box classifier with bi-level sampling on the
+            frozen Mask R-CNN, dual-head evaluation (T = stage2.dual_head_threshold, 300)
 Feature cache (stage2.cache_features): on by default for tau_norm / ncm (exact); an option for
 crt / lws / gumbel (trains on features of eval-transformed images, or stage2.cache_views augmented
 views, instead of fresh augmentations every epoch: much faster, slightly different).
@@ -181,7 +183,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             from ltcls.engine.stage2 import run_stage2
 
             report = run_stage2(cfg, Path(cfg["stage2"]["from_run"]), work_dir, reporter, resume=args.resume)
-            keys = ("overall", "many", "medium", "few")
+            keys = build_task(cfg).summary_keys if args.stage2 == "simcal" else ("overall", "many", "medium", "few")
         else:
             data, model, loss = build_run(cfg)
             _log_data(cfg, data)

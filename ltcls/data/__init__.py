@@ -11,6 +11,7 @@ from ltcls.data import benchmarks, cifar, digits, samplers, split_file  # noqa: 
 from ltcls.data.base import DATASETS, SAMPLERS, ArrayDataset, DataSplits, LTDataset
 from ltcls.data.samplers import LTSampler
 from ltcls.data.transforms import build_transforms
+from ltcls.detection import data as _detection_data  # noqa: F401  (registers 'lvis')
 
 __all__ = [
     "DATASETS",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -149,3 +150,79 @@ class ProgressiveSampler(ClassWeightedSampler):
         t = min(epoch, self.epochs) / self.epochs
         present = (counts > 0).double()
         return (1.0 - t) * counts / counts.sum() + t * present / present.sum()
+
+
+@SAMPLERS.register("repeat_factor")
+class RepeatFactorSampler(LTSampler):
+    """Repeat-factor sampling for detection (Gupta et al., LVIS, CVPR 2019), on images.
+
+    ``r(c) = max(1, sqrt(repeat_thresh / f(c)))`` with ``f(c)`` the fraction of training images that
+    contain category ``c``; an image repeats ``r(I) = max over its categories of r(c)`` times per epoch
+    (1 for an image without annotations). The per-image category sets come from the runtime ``dataset``
+    (its ``image_categories``: the labels present in each image).
+
+    ``rounding``: ``"ceil"`` (default, mmdetection's ``ClassBalancedDataset``) repeats each image
+    ``ceil(r(I))`` times, so every epoch has the same ``sum(ceil(r))`` draws; ``"stochastic"``
+    (detectron2's ``RepeatFactorTrainingSampler``) repeats it ``floor(r) + Bernoulli(frac(r))`` times,
+    drawn per epoch from the (seed, epoch) generator; detectron2 streams these without epochs, ltcls
+    keeps the epoch at ``round(sum(r))`` draws (the expected number), truncating or wrapping the
+    epoch's sequence, so the lr schedule and the step count stay fixed. The repeated indices are
+    shuffled; an epoch is longer than the dataset (that is the point of RFS).
+    """
+
+    def __init__(self, targets: Sequence[int] | None = None, dataset: object = None, seed: int = 0, epochs: int = 1,
+                 num_replicas: int = 1, rank: int = 0, repeat_thresh: float = 1e-3,
+                 rounding: Literal["ceil", "stochastic"] = "ceil") -> None:
+        categories = getattr(dataset, "image_categories", None)
+        if categories is None:
+            raise ValueError("repeat_factor sampling needs a dataset with per-image category sets "
+                             "(image_categories), e.g. lvis")
+        if targets is None:
+            targets = np.zeros(len(categories), dtype=np.int64)
+        super().__init__(targets, seed=seed, epochs=epochs, num_replicas=num_replicas, rank=rank)
+        if len(categories) != len(self.targets):
+            raise ValueError(f"{len(categories)} per-image category sets for {len(self.targets)} targets")
+        if not repeat_thresh > 0:
+            raise ValueError(f"repeat_thresh must be positive, got {repeat_thresh}")
+        if rounding not in ("ceil", "stochastic"):
+            raise ValueError(f"rounding must be 'ceil' or 'stochastic', got {rounding!r}")
+        self.repeat_thresh = float(repeat_thresh)
+        self.rounding = rounding
+        self.repeat_factors = repeat_factors(categories, self.repeat_thresh)
+
+    @property
+    def num_samples(self) -> int:
+        if self.rounding == "ceil":
+            return int(torch.ceil(self.repeat_factors).sum())
+        return max(1, int(round(float(self.repeat_factors.sum()))))
+
+    def global_indices(self, epoch: int) -> torch.Tensor:
+        gen = self.generator(epoch)
+        r = self.repeat_factors
+        if self.rounding == "ceil":
+            reps = torch.ceil(r).long()
+        else:
+            floor = torch.floor(r)
+            reps = (floor + (torch.rand(len(r), generator=gen, dtype=torch.float64) < r - floor)).long()
+        seq = torch.repeat_interleave(torch.arange(len(r)), reps)
+        seq = seq[torch.randperm(len(seq), generator=gen)]
+        n = self.num_samples
+        return seq.repeat(math.ceil(n / max(len(seq), 1)))[:n]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "repeat_thresh": self.repeat_thresh, "rounding": self.rounding}
+
+
+def repeat_factors(image_categories: Sequence[Sequence[int]], repeat_thresh: float) -> torch.Tensor:
+    """Per-image repeat factors ``max(1, max_c sqrt(t / f(c)))`` (float64), ``f(c)`` = image frequency of c."""
+    num_images = len(image_categories)
+    present = [np.asarray(c, dtype=np.int64) for c in image_categories]
+    num_classes = max((int(c.max()) + 1 for c in present if len(c)), default=0)
+    image_count = np.zeros(num_classes, dtype=np.float64)
+    for c in present:
+        image_count[np.unique(c)] += 1
+    freq = image_count / max(num_images, 1)
+    with np.errstate(divide="ignore"):
+        class_r = np.maximum(1.0, np.sqrt(repeat_thresh / freq))
+    out = np.array([class_r[c].max() if len(c) else 1.0 for c in present], dtype=np.float64)
+    return torch.from_numpy(out)

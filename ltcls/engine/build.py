@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ltcls.data import DataSplits, build_data
+from ltcls.detection import is_detection
 from ltcls.engine.tasks import ClassificationTask
 from ltcls.losses import LTLoss, build_loss
 from ltcls.models import LTModel, build_classifier, create_backbone
@@ -44,11 +45,23 @@ def build_stage_loss(cfg: Mapping[str, Any], data: DataSplits) -> LTLoss:
 def build_task(cfg: Mapping[str, Any]) -> ClassificationTask:
     """The task of a run (how batches become losses, how a stage is evaluated)."""
     t = cfg["train"]
+    if is_detection(cfg):
+        from ltcls.detection.task import DetectionTask
+
+        d = cfg["detection"]
+        return DetectionTask(mask_threshold=d["mask_threshold"], max_dets=d["detections_per_img"],
+                             amp_dtype=t["amp_dtype"])
     return ClassificationTask(amp_dtype=t["amp_dtype"], channels_last=t["channels_last"])
 
 
 def build_run(cfg: Mapping[str, Any]) -> tuple[DataSplits, LTModel, LTLoss]:
-    """Seed, then build the data splits, the model (backbone + head) and the loss of a run."""
+    """Seed, then build the data splits, the model (backbone + head) and the loss of a run.
+
+    A detection dataset (``lvis``) gives the LVIS splits, the Mask R-CNN adapter and its box loss."""
+    if is_detection(cfg):
+        from ltcls.detection.build import build_detection_run
+
+        return build_detection_run(cfg)
     seed_everything(cfg["train"]["seed"])
     data = build_data(cfg["data"])
     model = build_model(cfg, data.num_classes)

@@ -65,6 +65,12 @@ EXACT_WITH_CACHE = {"tau_norm", "ncm"}
 
 def stage2_base_config(stage1_cfg: Mapping[str, Any], method: str, stage1_dir: Path) -> dict[str, Any]:
     """The stage-1 config with the method's preset applied (to be resolved with the user's ``--set``)."""
+    from ltcls.detection import is_detection
+
+    if method == "simcal" or is_detection(stage1_cfg):  # detection runs: SimCal (checks the pairing)
+        from ltcls.detection.simcal import simcal_base_config
+
+        return simcal_base_config(stage1_cfg, stage1_dir, method)
     METHODS.get(method)
     cfg = copy.deepcopy(dict(stage1_cfg))
     for section, values in PRESETS[method].items():
@@ -279,6 +285,10 @@ def comparison_table(stage1: Mapping[str, Any], rows: list[tuple[str, Mapping[st
 def run_stage2(cfg: Mapping[str, Any], stage1_dir: Path, work_dir: Path, reporter: Reporter | None,
                resume: bool = False, on_stage: Callable[[Stage], None] | None = None) -> dict[str, Any]:
     """Run the stage-2 method of ``cfg['stage2']['method']`` on the finished stage-1 run in ``stage1_dir``."""
+    if cfg["stage2"]["method"] == "simcal":
+        from ltcls.detection.simcal import run_simcal
+
+        return run_simcal(cfg, stage1_dir, work_dir, reporter, resume=resume)
     stage1_cfg = _load_stage1_cfg(stage1_dir)
     ckpt_path = stage1_dir / CHECKPOINT
     seed_everything(cfg["train"]["seed"])

@@ -1,0 +1,275 @@
+"""LVIS evaluation: pycocotools' ``COCOeval`` with LVIS's federated rules, plus bounded-memory prediction.
+
+Why pycocotools and not the ``lvis`` package: ``lvis`` 0.5.3 (the last release) fails on numpy 2
+(``np.float`` in ``accumulate``), does not declare its pycocotools dependency, pulls in opencv and calls
+``logging.basicConfig`` on import. Its evaluator is COCO's matching with three additions, which
+:class:`LVISEval` adds to pycocotools' maintained ``COCOeval`` by subclassing:
+
+1. federated filtering (``_prepare``): a detection of category c in image I is evaluated only if c is
+   annotated in I (positive) or in I's ``neg_category_ids`` (verified absent); other detections are
+   dropped, since nothing is known about c in I;
+2. not-exhaustive categories (``evaluateImg``): an unmatched detection of a category in I's
+   ``not_exhaustive_category_ids`` is ignored (not a false positive); matched ones still count;
+3. at most ``max_dets`` (300) detections per image over all categories (highest scores), and
+   AP over all categories plus APr / APc / APf over the categories of each ``frequency`` group.
+
+Everything else (IoU thresholds .5:.95, 101 recall points, area ranges, greedy matching, the
+interpolated precision) is COCOeval's, which matches the LVIS API's code. ``evaluate`` is re-done
+sparsely: COCOeval visits every (image, category) pair (24M on LVIS v1 val, each leaving a dict
+entry); here only pairs with ground truth or detections are evaluated (the result is identical; see
+the tests). Segm results take their area from the mask and bbox results from the box (pycocotools'
+``loadRes`` rule, as detectron2; mmdetection's segm json carries boxes, so lvis-api uses box areas
+there, which only affects APs / APm / APl).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from tqdm.auto import tqdm
+
+from ltcls.detection.model import compact_masks
+from ltcls.engine.loops import autocast
+
+log = logging.getLogger("ltcls")
+
+#: LVIS summary metrics (percent), in report order.
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+FREQUENCIES = ("r", "c", "f")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """pycocotools prints progress to stdout; send it to the debug log instead."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+    if buf.getvalue().strip():
+        log.debug("pycocotools: %s", buf.getvalue().strip().replace("\n", " | "))
+
+
+class _SparseEvalImgs:
+    """``COCOeval.evalImgs`` as accumulate reads it (index -> per-image result or None), stored sparsely."""
+
+    def __init__(self, items: dict[int, dict[str, Any]], length: int) -> None:
+        self.items, self.length = items, length
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        return self.items.get(index)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __bool__(self) -> bool:
+        return self.length > 0
+
+
+class LVISEval(COCOeval):
+    """COCOeval with LVIS's federated rules (see the module docstring); ``iou_type`` 'bbox' or 'segm'."""
+
+    def __init__(self, gt: COCO, dt: COCO, iou_type: str = "segm", max_dets: int = 300) -> None:
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+        super().__init__(gt, dt, iou_type)
+        self.params.maxDets = [int(max_dets)]
+        self.max_dets = int(max_dets)
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        imgs = self.cocoGt.imgs
+        self.neg = {i: set(imgs[i].get("neg_category_ids", [])) for i in self.params.imgIds}
+        self.not_exhaustive = {i: set(imgs[i].get("not_exhaustive_category_ids", [])) for i in self.params.imgIds}
+        positive: dict[int, set[int]] = defaultdict(set)
+        for (img, cat), gts in self._gts.items():
+            if gts:
+                positive[img].add(cat)
+        kept = {k: v for k, v in self._dts.items() if k[1] in positive[k[0]] or k[1] in self.neg[k[0]]}
+        self._dts = defaultdict(list, kept)
+
+    def evaluateImg(self, imgId, catId, aRng, maxDet):  # noqa: N802, N803 - COCOeval's names
+        result = super().evaluateImg(imgId, catId, aRng, maxDet)
+        if result is not None and catId in self.not_exhaustive[imgId]:
+            result["dtIgnore"] = np.logical_or(result["dtIgnore"], result["dtMatches"] == 0)
+        return result
+
+    def evaluate(self) -> None:
+        """COCOeval.evaluate on the (image, category) pairs that hold ground truth or detections only."""
+        p = self.params
+        p.imgIds = list(np.unique(p.imgIds))
+        p.catIds = list(np.unique(p.catIds))
+        p.maxDets = sorted(p.maxDets)
+        self._prepare()
+        keys = sorted((set(self._gts) | set(self._dts)), key=lambda k: (k[1], k[0]))
+        self.ious = {k: self.computeIoU(*k) for k in keys}
+        img_index = {int(i): n for n, i in enumerate(p.imgIds)}
+        cat_index = {int(c): n for n, c in enumerate(p.catIds)}
+        num_imgs, num_areas = len(p.imgIds), len(p.areaRng)
+        items: dict[int, dict[str, Any]] = {}
+        for img, cat in keys:
+            for a, area in enumerate(p.areaRng):
+                result = self.evaluateImg(img, cat, area, p.maxDets[-1])
+                if result is not None:
+                    items[(cat_index[int(cat)] * num_areas + a) * num_imgs + img_index[int(img)]] = result
+        self.evalImgs = _SparseEvalImgs(items, len(p.catIds) * num_areas * num_imgs)
+        self._paramsEval = copy.deepcopy(p)
+
+    def summary(self) -> dict[str, float | None]:
+        """AP, AP50, AP75, APs/m/l, APr/c/f (percent; ``None`` where no category of the group has ground
+        truth) and AR@max_dets, from the accumulated precision / recall."""
+        p = self.params
+        precision = self.eval["precision"][..., -1]  # (T, R, K, A) at max_dets
+        recall = self.eval["recall"][..., -1]  # (T, K, A)
+        area = {lbl: i for i, lbl in enumerate(p.areaRngLbl)}
+        t50, t75 = int(np.argmin(np.abs(p.iouThrs - 0.5))), int(np.argmin(np.abs(p.iouThrs - 0.75)))
+        freq = [self.cocoGt.cats[c].get("frequency") for c in p.catIds]
+
+        def mean(x: np.ndarray) -> float | None:
+            x = x[x > -1]
+            return float(np.mean(x) * 100.0) if x.size else None
+
+        out = {"AP": mean(precision[..., area["all"]]), "AP50": mean(precision[t50, ..., area["all"]]),
+               "AP75": mean(precision[t75, ..., area["all"]])}
+        for key, lbl in (("APs", "small"), ("APm", "medium"), ("APl", "large")):
+            out[key] = mean(precision[..., area[lbl]])
+        for f in FREQUENCIES:
+            cats = [k for k, fr in enumerate(freq) if fr == f]
+            out[f"AP{f}"] = mean(precision[:, :, cats, area["all"]]) if cats else None
+        out[f"AR@{self.max_dets}"] = mean(recall[..., area["all"]])
+        return out
+
+
+def gt_coco(gt: Mapping[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` of an LVIS json (copied; ``iscrowd`` 0 added, which LVIS does not carry; annotations
+    of zero area left out, as the LVIS API does)."""
+    data = {"images": gt["images"], "categories": gt["categories"],
+            "annotations": [{**a, "iscrowd": a.get("iscrowd", 0)} for a in gt["annotations"] if a["area"] > 0]}
+    coco = COCO()
+    coco.dataset = data
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+def results_coco(gt: COCO, results: Sequence[Mapping[str, Any]], iou_type: str, max_dets: int) -> COCO:
+    """Detections as a ``COCO`` (pycocotools ``loadRes``'s fields), the top ``max_dets`` per image kept.
+
+    Unlike ``loadRes`` this accepts an empty result list and never takes a segm result's area from a box.
+    Results of zero area (empty masks) are left out, as the LVIS API's ``get_ann_ids`` does.
+    """
+    per_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in results:
+        per_image[int(r["image_id"])].append(r)
+    unknown = set(per_image) - set(gt.imgs)
+    if unknown:
+        raise ValueError(f"{len(unknown)} result image ids are not in the ground truth, e.g. {sorted(unknown)[:3]}")
+    anns = []
+    for dets in per_image.values():
+        anns += sorted(dets, key=lambda d: -d["score"])[:max_dets]
+    out = []
+    for i, r in enumerate(anns):
+        ann = {"id": i + 1, "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
+               "score": float(r["score"]), "iscrowd": 0}
+        if iou_type == "segm":
+            ann["segmentation"] = r["segmentation"]
+            ann["area"] = float(mask_utils.area(r["segmentation"]))
+            ann["bbox"] = mask_utils.toBbox(r["segmentation"]).tolist()
+        else:
+            ann["bbox"] = [float(v) for v in r["bbox"]]
+            ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+        if ann["area"] > 0:  # the LVIS API skips empty results (after its per-image limit), as here
+            out.append(ann)
+    coco = COCO()
+    coco.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": out}
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+def lvis_evaluate(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str = "segm",
+                  max_dets: int = 300, img_ids: Sequence[int] | None = None) -> dict[str, float | None]:
+    """LVIS metrics (percent) of ``results`` (dicts with image_id, category_id, score and bbox [x, y, w, h]
+    or segmentation RLE) against the LVIS json ``gt``, on ``img_ids`` (default: every gt image)."""
+    start = time.perf_counter()
+    coco_gt = gt_coco(gt)
+    coco_dt = results_coco(coco_gt, results, iou_type, max_dets)
+    ev = LVISEval(coco_gt, coco_dt, iou_type, max_dets)
+    if img_ids is not None:
+        ev.params.imgIds = sorted(int(i) for i in img_ids)
+    with _quiet():
+        ev.evaluate()
+        ev.accumulate()
+    summary = ev.summary()
+    log.debug("LVIS %s evaluation of %d results on %d images: %.1fs", iou_type, len(results),
+              len(ev.params.imgIds), time.perf_counter() - start)
+    return summary
+
+
+def encode_detections(output: Mapping[str, torch.Tensor], image_id: int, image_size: tuple[int, int],
+                      cat_ids: Sequence[int], mask_threshold: float = 0.5, chunk: int = 32
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One image's detections as LVIS bbox and segm results; masks pasted ``chunk`` at a time and RLE-encoded,
+    so at most ``chunk`` full-image masks exist at once (torchvision pastes all 300 as float tensors)."""
+    boxes = output["boxes"].detach().float().cpu()
+    scores = output["scores"].detach().float().cpu().tolist()
+    cats = [int(cat_ids[int(label) - 1]) for label in output["labels"].tolist()]
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    bbox = [{"image_id": image_id, "category_id": c, "bbox": b, "score": s} for c, b, s in zip(cats, xywh, scores)]
+    segm: list[dict[str, Any]] = []
+    probs = output.get("mask_probs")
+    if probs is None and "masks" in output:  # torchvision's full-image masks
+        probs = output["masks"]
+    if probs is None:
+        return bbox, segm
+    probs = probs.detach().float().cpu()
+    h, w = image_size
+    rles = []
+    for start in range(0, len(boxes), chunk):
+        p = probs[start:start + chunk]
+        if p.shape[-2:] != (h, w):
+            p = paste_masks_in_image(p, boxes[start:start + chunk], (h, w), padding=1)
+        binary = (p[:, 0] > mask_threshold).numpy().astype(np.uint8)
+        rles += mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    for rle, c, s in zip(rles, cats, scores):
+        segm.append({"image_id": image_id, "category_id": c, "segmentation": rle, "score": s})
+    return bbox, segm
+
+
+@torch.no_grad()
+def predict_lvis(model: nn.Module, loader: DataLoader, device: torch.device, cat_ids: Sequence[int],
+                 mask_threshold: float = 0.5, amp: bool = False, amp_dtype: str = "float16", desc: str = "eval",
+                 progress: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+    """Run a detector (eval mode) over ``loader`` ((images, targets) batches); returns the LVIS bbox results,
+    segm results (RLE) and the evaluated image ids. Memory per image is bounded by the detections kept."""
+    was_training = model.training
+    model.eval()
+    bbox, segm, img_ids = [], [], []
+    try:
+        with compact_masks(model):
+            for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+                                        disable=not progress):
+                with autocast(device, amp, amp_dtype):
+                    outputs = model([im.to(device, non_blocking=True) for im in images])
+                for out, target, image in zip(outputs, targets, images):
+                    b, s = encode_detections(out, int(target["image_id"]), tuple(image.shape[-2:]), cat_ids,
+                                             mask_threshold)
+                    bbox += b
+                    segm += s
+                    img_ids.append(int(target["image_id"]))
+    finally:
+        model.train(was_training)
+    return bbox, segm, img_ids
