@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Python 3's pickle protocol 2 stores bytes as latin-1 text (1.5x the size, ~20x slower to write and read);
@@ -83,3 +84,14 @@ def image_tree(tmp_path: Path) -> Path:
         Image.new(mode, (40, 30), color).save(path)
     Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): on a
+    2-core machine shared with other jobs, two OpenMP threads spin against each other and make CPU-bound
+    detection tests several times slower; one thread keeps their time predictable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

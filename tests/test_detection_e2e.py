@@ -19,14 +19,7 @@ ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a 2-core machine shared with other jobs, two OpenMP threads spin against each other
-    and make these CPU-bound tests several times slower; one thread keeps their time predictable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -27,14 +27,7 @@ from ltcls.losses.seesaw_det import SeesawDetLoss
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a 2-core machine shared with other jobs, two OpenMP threads spin against each other
-    and make these CPU-bound tests several times slower; one thread keeps their time predictable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 COUNTS = np.array([40, 8, 2])  # training images per category
 SMALL = {"min_size": [64], "max_size": 64, "fpn_channels": 32, "box_head_dim": 64, "mask_head_layers": [32],
