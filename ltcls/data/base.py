@@ -32,7 +32,7 @@ class LTDataset(Dataset):
     With ``seed_augmentation(seed)`` and ``set_epoch(epoch)``, the random transform of sample ``i``
     draws from generators seeded by (seed, epoch, i) alone: the same augmentation whatever the
     number of DataLoader workers or processes, so an N-process run sees exactly the images a
-    1-process run sees. The surrounding random state is restored afterwards.
+    1-process run sees. The surrounding torch and Python random states are restored afterwards.
     """
 
     aug_seed: int | None = None
@@ -67,16 +67,17 @@ class LTDataset(Dataset):
         if self.aug_seed is None:
             return self.transform(img)
         seed = ((self.aug_seed * 1_000_003 + self.epoch) * 2_654_435_761 + int(index)) % (2**63)
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                return self.transform(img)
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+        # The CPU generator directly (torch.manual_seed would also seed every accelerator: ~100 us a call).
+        # NumPy's global state is seeded but not restored (saving it costs ~60 us a sample).
+        torch_state, py_state = torch.default_generator.get_state(), random.getstate()
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return self.transform(img)
+        finally:
+            torch.default_generator.set_state(torch_state)
+            random.setstate(py_state)
 
     @property
     def class_counts(self) -> np.ndarray:
