@@ -83,14 +83,15 @@ class Reporter:
         per_class = np.array([np.nan if a is None else a for a in report["per_class"]], dtype=float)
         fig = per_class_figure(per_class, counts, "top-1 accuracy (%)", f"per-class accuracy ({report.get('split')})",
                                many_threshold, few_threshold)
-        self._figure(f"{tag}/per_class_accuracy", fig, step)
+        self.figure(f"{tag}/per_class_accuracy", fig, step)
         norms = classifier_weight_norms(classifier) if classifier is not None else None
         if norms is not None and len(norms) == len(counts):
             fig = per_class_figure(norms, counts, "classifier weight norm", "classifier weight norm per class",
                                    many_threshold, few_threshold)
-            self._figure("classifier/weight_norm", fig, step)
+            self.figure("classifier/weight_norm", fig, step)
 
-    def _figure(self, tag: str, fig: plt.Figure, step: int) -> None:
+    def figure(self, tag: str, fig: plt.Figure, step: int) -> None:
+        """Save ``fig`` as RUN_DIR/<prefix_tag>.png and log it to TensorBoard (the figure is closed)."""
         name = (self.prefix + tag).replace("/", "_") + ".png"
         fig.savefig(self.work_dir / name, dpi=100)
         self.writer.add_figure(self.prefix + tag, fig, step, close=True)

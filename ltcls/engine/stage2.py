@@ -151,8 +151,7 @@ class Context:
                      module=self.model.classifier, eval_sets={split: self.features(split)})
 
     def loss(self) -> LTLoss:
-        loss = build_stage_loss(self.cfg, self.data)
-        return loss
+        return build_stage_loss(self.cfg, self.data)
 
 
 @METHODS.register("crt")
@@ -251,7 +250,7 @@ def _report_sweep(reporter: Reporter, sweep: list[dict[str, Any]], selected_on: 
     ax.set_title("tau-norm sweep")
     ax.legend()
     fig.tight_layout()
-    reporter._figure("tau_sweep", fig, 0)
+    reporter.figure("tau_sweep", fig, 0)
 
 
 def dual_head_report(ctx: Context, stage1_loss: LTLoss, stage2_loss: LTLoss, threshold: int) -> dict[str, Any]:
