@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ltcls.data.split_file import FileListDataset
+from ltcls.data.datasets.split_file import FileListDataset
 from ltcls.data.transforms import build_transforms
 
 

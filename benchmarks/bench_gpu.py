@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ltcls import config as C
-from ltcls.data import DataSplits
-from ltcls.data.profiles import lt_counts
+from ltcls.data.build import DataSplits
+from ltcls.data.tools.profiles import lt_counts
 from ltcls.engine import Stage, Trainer, build_model, build_task
-from ltcls.losses import build_loss
+from ltcls.losses.base import build_loss
 
 
 class SyntheticLT(Dataset):
@@ -107,8 +107,8 @@ def main() -> None:
     model = build_model(cfg, 1000)
     loss = build_loss("ce", num_classes=1000, class_counts=data.class_counts.tolist())
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, splits, cfg, tmp, reporter=None, task=build_task(cfg))
-        stage = Stage("bench", loss, cfg["train"], cfg["sampler"])
+        trainer = Trainer(model, splits, cfg, tmp, build_task(cfg))
+        stage = Stage("bench", loss, cfg.train, cfg.sampler)
         sampler, loader2, optimizer, scheduler, scaler, amp, wrapped = trainer._setup(stage)
         from ltcls.engine.loops import train_one_epoch
 

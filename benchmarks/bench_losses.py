@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ltcls.losses import build_loss
+from ltcls.losses.base import build_loss
 
 
 def reference_seesaw_cxc(cls_score: torch.Tensor, labels: torch.Tensor, cum_samples: torch.Tensor, p: float = 0.8,

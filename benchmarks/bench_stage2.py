@@ -23,21 +23,27 @@ from pathlib import Path
 
 from ltcls import config as C
 from ltcls.cli import train_main
-from ltcls.engine.stage2 import run_stage2, stage2_base_config
+from ltcls.engine.hooks import HookBase
+from ltcls.stage2.presets import stage2_base_config
+from ltcls.stage2.runner import run_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_crt(stage1: Path, work_dir: Path, cache: bool, overrides: list[str]) -> tuple[float, float, dict]:
     """(total seconds, seconds of the 10 training epochs + final evaluation, report)."""
-    stage1_cfg = C.resolve(C.load_yaml(stage1 / "config.yaml"))
+    stage1_cfg = C.load(stage1 / "config.yaml")
     cfg = C.resolve(stage2_base_config(stage1_cfg, "crt", stage1),
                     [f"stage2.cache_features={str(cache).lower()}", *overrides])
     work_dir.mkdir(parents=True)
     marks = {}
     start = time.perf_counter()
-    report = run_stage2(cfg, stage1, work_dir, reporter=None,
-                        on_stage=lambda _stage: marks.setdefault("train", time.perf_counter()))
+
+    class MarkStart(HookBase):
+        def before_stage(self, trainer, stage, state) -> None:
+            marks.setdefault("train", time.perf_counter())
+
+    report, _ = run_stage2(cfg, work_dir, reporter=None, hooks=[MarkStart()])
     end = time.perf_counter()
     return end - start, end - marks["train"], report
 
@@ -58,8 +64,8 @@ def main() -> None:
         t_plain, s_plain, r_plain = timed_crt(stage1, tmp / "plain", False, args.overrides)
         t_cold, s_cold, r_cold = timed_crt(stage1, tmp / "cold", True, args.overrides)
         t_warm, s_warm, r_warm = timed_crt(stage1, tmp / "warm", True, args.overrides)
-        cfg = C.resolve(C.load_yaml(stage1 / "config.yaml"))
-    print(f"stage-1 model {cfg['model']['name']} at {cfg['data']['img_size']}px on {cfg['data']['name']}, "
+        cfg = C.load(stage1 / "config.yaml")
+    print(f"stage-1 model {cfg.model.name} at {cfg.data.img_size}px on {cfg.data.name}, "
           f"cRT {r_plain['epoch']} epochs")
     print("                                  total   training+eval  overall    few")
     for name, t, s, r in (("no cache (backbone every epoch)", t_plain, s_plain, r_plain),

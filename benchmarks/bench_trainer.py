@@ -21,31 +21,31 @@ import torch
 from torch.utils.data import DataLoader
 
 from ltcls import config as C
-from ltcls.engine import Stage, Trainer, build_run, seed_everything
+from ltcls.engine import Stage, Trainer, build_run, build_task, seed_everything
 from ltcls.engine.trainer import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def time_trainer(cfg: dict) -> float:
+def time_trainer(cfg: C.Config) -> float:
     data, model, loss = build_run(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, data, cfg, tmp, reporter=None)
+        trainer = Trainer(model, data, cfg, tmp, build_task(cfg))
         start = time.perf_counter()
-        trainer.fit([Stage("stage1", loss, cfg["train"], cfg["sampler"])])
+        trainer.fit([Stage("stage1", loss, cfg.train, cfg.sampler)])
         return time.perf_counter() - start
 
 
-def time_bare(cfg: dict) -> float:
+def time_bare(cfg: C.Config) -> float:
     data, model, _ = build_run(cfg)
-    t = cfg["train"]
-    device = resolve_device(t["device"])
+    t = cfg.train
+    device = resolve_device(t.device)
     model.to(device)
-    seed_everything(t["seed"])
-    train = DataLoader(data.train, batch_size=t["batch_size"], shuffle=True, num_workers=t["num_workers"],
-                       drop_last=len(data.train) >= t["batch_size"])
-    test = DataLoader(data.test, batch_size=cfg["eval"]["batch_size"], num_workers=t["num_workers"])
-    opt = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    seed_everything(t.seed)
+    train = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers,
+                       drop_last=len(data.train) >= t.batch_size)
+    test = DataLoader(data.test, batch_size=cfg.eval.batch_size, num_workers=t.num_workers)
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     start = time.perf_counter()
     model.train()
     for images, labels in train:
@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = ["data.imbalance_factor=1", "train.epochs=1", "eval.interval=0", "train.warmup_epochs=0",
                  *args.overrides]
-    cfg = C.resolve(C.load_yaml(args.config), overrides)
+    cfg = C.load(args.config, overrides)
     logging.disable(logging.INFO)
     time_bare(cfg)  # warm-up: imports, allocator, thread pools
     trainer_t, bare_t = [], []
@@ -79,8 +79,8 @@ def main() -> None:
         trainer_t.append(time_trainer(cfg))
         bare_t.append(time_bare(cfg))
     tr, ba = statistics.median(trainer_t), statistics.median(bare_t)
-    print(f"model {cfg['model']['name']}, data {cfg['data']['name']}, batch {cfg['train']['batch_size']}, "
-          f"device {resolve_device(cfg['train']['device'])}, torch threads {torch.get_num_threads()}")
+    print(f"model {cfg.model.name}, data {cfg.data.name}, batch {cfg.train.batch_size}, "
+          f"device {resolve_device(cfg.train.device)}, torch threads {torch.get_num_threads()}")
     print(f"ltcls trainer  epoch+eval: median {tr:.3f}s  runs {[round(x, 3) for x in trainer_t]}")
     print(f"bare loop      epoch+eval: median {ba:.3f}s  runs {[round(x, 3) for x in bare_t]}")
     print(f"ratio trainer / bare: {tr / ba:.3f}  (target <= 1.05)")

@@ -10,18 +10,25 @@ feature dimension) are never accepted from yaml.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
+import logging
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from ltcls.registries import SECTIONS
+from ltcls.registry import Schema, signature_schema
+
+log = logging.getLogger("ltcls")
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -137,66 +144,92 @@ class DetectionConfig:
     trainable_backbone_layers: int | None = None
 
 
+class Component:
+    """A named section (``data``, ``classifier``, ``loss``, ``sampler``): the chosen implementation's ``name``
+    and its hyper-parameters ``params``, read as attributes (``cfg.loss.p``) or passed on whole."""
+
+    __slots__ = ("name", "params")
+
+    def __init__(self, name: str, params: Mapping[str, Any]) -> None:
+        self.name = name
+        self.params = dict(params)
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__") or key in ("name", "params"):
+            raise AttributeError(key)
+        try:
+            return self.params[key]
+        except KeyError:
+            raise AttributeError(f"'{self.name}' has no parameter '{key}'") from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.params.get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **copy.deepcopy(self.params)}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Component) and (self.name, self.params) == (other.name, other.params)
+
+    def __repr__(self) -> str:
+        return f"Component({self.name!r}, {self.params!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name, self.params = state["name"], state["params"]
+
+
+@dataclass
+class Config:
+    """A resolved config: typed sections read as attributes (``cfg.train.lr``, ``cfg.loss.name``)."""
+
+    data: Component
+    model: ModelConfig
+    classifier: Component
+    loss: Component
+    sampler: Component
+    train: TrainConfig
+    eval: EvalConfig
+    stage2: Stage2Config
+    detection: DetectionConfig
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Mapping[str, Any]]) -> Config:
+        """From resolved plain sections (every key present; see :func:`resolve`)."""
+        out = {}
+        for section in SECTION_ORDER:
+            values = copy.deepcopy(dict(cfg[section]))
+            if section in FIXED_SECTIONS:
+                out[section] = FIXED_SECTIONS[section](**values)
+            else:
+                name = values.pop("name")
+                out[section] = Component(name, values)
+        return cls(**out)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain dicts and lists, in section order (yaml, checkpoints)."""
+        out = {}
+        for section in SECTION_ORDER:
+            value = getattr(self, section)
+            out[section] = value.to_dict() if isinstance(value, Component) else copy.deepcopy(dataclasses.asdict(value))
+        return out
+
+
 FIXED_SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
                                    "stage2": Stage2Config, "detection": DetectionConfig}
 DEFAULT_NAMES: dict[str, str] = {"data": "digits_lt", "classifier": "linear", "loss": "ce", "sampler": "instance"}
 SECTION_ORDER = ("data", "model", "classifier", "loss", "sampler", "train", "eval", "stage2", "detection")
 
 
-def _registry(section: str):
-    """The registry (and, for ``data``, the extra transform keys) behind a named section."""
-    if section == "data":
-        from ltcls.data import DATASETS, build_transforms
-
-        return DATASETS, build_transforms
-    if section == "classifier":
-        from ltcls.models import CLASSIFIERS
-
-        return CLASSIFIERS, None
-    if section == "loss":
-        from ltcls.losses import LOSSES
-
-        return LOSSES, None
-    if section == "sampler":
-        from ltcls.data import SAMPLERS
-
-        return SAMPLERS, None
-    raise KeyError(section)
-
-
-def _hints(obj: Callable) -> dict[str, Any]:
-    target = obj.__init__ if inspect.isclass(obj) else obj
-    try:
-        return typing.get_type_hints(target)
-    except Exception:  # unresolvable forward refs: fall back to raw annotations
-        return dict(getattr(target, "__annotations__", {}))
-
-
-def _signature_schema(obj: Callable, skip: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
-    """``{param: (type, default)}`` of a callable's keyword hyper-parameters."""
-    hints = _hints(obj)
-    out = {}
-    for p in inspect.signature(obj).parameters.values():
-        if p.name in skip or p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        default = None if p.default is inspect.Parameter.empty else p.default
-        out[p.name] = (hints.get(p.name, Any), default)
-    return out
-
-
-def section_schema(section: str, name: str | None = None) -> dict[str, tuple[Any, Any]]:
-    """The allowed keys of a section as ``{key: (type, default)}``."""
+def section_schema(section: str, name: str | None = None) -> Schema:
+    """The allowed keys of a section as ``{key: (type, default)}`` (a named section: its component's signature)."""
     if section in FIXED_SECTIONS:
         cls = FIXED_SECTIONS[section]
         hints = typing.get_type_hints(cls)
         return {f.name: (hints[f.name], _field_default(f)) for f in dataclasses.fields(cls)}
-    registry, extra = _registry(section)
-    registry.get(name)  # raises KeyError listing the choices
-    schema: dict[str, tuple[Any, Any]] = {"name": (str, name)}
-    if extra is not None:
-        schema.update(_signature_schema(extra))
-    schema.update(_signature_schema(registry.get(name), skip=registry.runtime))
-    return schema
+    return SECTIONS[section].schema(name)  # raises KeyError listing the choices
 
 
 def _plain_default(value: Any) -> Any:
@@ -315,19 +348,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(file_cfg: Mapping[str, Any] | None = None, overrides: Sequence[str] = (), source: str = "config") -> dict:
-    """Merge defaults <- ``file_cfg`` <- ``overrides`` and validate the result strictly.
+def resolve(file_cfg: Config | Mapping[str, Any] | None = None, overrides: Sequence[str] = (), source: str = "config"
+            ) -> Config:
+    """Merge defaults <- ``file_cfg`` <- ``overrides``, validate the result strictly, return typed sections.
 
     A named section whose ``name`` changes drops the previous component's defaults, so only keys
-    that the chosen component accepts (set explicitly) remain; those are then checked.
+    that the chosen component accepts (set explicitly) remain; those are then checked. When ``--set``
+    switches a section to another component (``--set data.name=split_file`` on a digits_lt yaml), the
+    file's keys the new component does not accept are dropped with one logged line; keys given with
+    ``--set`` are always checked. Fixed sections are checked first: their errors need no import.
     """
-    file_cfg = dict(file_cfg or {})
+    file_cfg = file_cfg.to_dict() if isinstance(file_cfg, Config) else dict(file_cfg or {})
     for section in file_cfg:
         if section not in SECTION_ORDER:
             raise _unknown(section, SECTION_ORDER, f"at the top level of {source}")
         if not isinstance(file_cfg[section], Mapping):
             raise ConfigError(f"{source}: section '{section}' must be a mapping, got {file_cfg[section]!r}")
     explicit: dict[str, dict[str, Any]] = {s: dict(file_cfg.get(s, {})) for s in SECTION_ORDER}
+    from_set: dict[str, set[str]] = {s: set() for s in SECTION_ORDER}
     for item in overrides:
         parts, value = parse_override(item)
         section = parts[0]
@@ -339,8 +377,10 @@ def resolve(file_cfg: Mapping[str, Any] | None = None, overrides: Sequence[str] 
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {item}: '{p}' is not a mapping")
         target[parts[-1]] = value
+        from_set[section].add(parts[1])
     cfg: dict[str, dict[str, Any]] = {}
-    for section in SECTION_ORDER:
+    order = [s for s in SECTION_ORDER if s in FIXED_SECTIONS] + [s for s in SECTION_ORDER if s not in FIXED_SECTIONS]
+    for section in order:
         given = explicit[section]
         name = given.get("name", DEFAULT_NAMES.get(section)) if section not in FIXED_SECTIONS else None
         if section not in FIXED_SECTIONS and not isinstance(name, str):
@@ -349,6 +389,13 @@ def resolve(file_cfg: Mapping[str, Any] | None = None, overrides: Sequence[str] 
             schema = section_schema(section, name)
         except KeyError as e:
             raise ConfigError(f"{section}.name: {e.args[0]}") from None
+        file_name = file_cfg.get(section, {}).get("name") if section not in FIXED_SECTIONS else None
+        if "name" in from_set[section] and file_name not in (None, name):
+            dropped = sorted(k for k in given if k not in schema and k not in from_set[section])
+            if dropped:
+                log.info("%s.name=%s (was %s in %s): dropped %s's parameters %s", section, name, file_name, source,
+                         file_name, ", ".join(dropped))
+                given = {k: v for k, v in given.items() if k not in dropped}
         values = {k: _plain_default(d) for k, (_, d) in schema.items()}
         for key, value in given.items():
             if key not in schema:
@@ -356,34 +403,46 @@ def resolve(file_cfg: Mapping[str, Any] | None = None, overrides: Sequence[str] 
                 raise _unknown(f"{section}.{key}", schema, where)
             values[key] = check_value(f"{section}.{key}", value, schema[key][0])
         cfg[section] = values
-    return cfg
+    return Config.from_dict(cfg)
 
 
-def dump(cfg: Mapping[str, Any]) -> str:
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """A config file resolved (defaults <- the file <- ``overrides``); errors name the file."""
+    return resolve(load_yaml(path), overrides, source=str(path))
+
+
+def dump(cfg: Config | Mapping[str, Any]) -> str:
     """The resolved config as yaml, in section order (what is written to ``RUN_DIR/config.yaml``)."""
-    return yaml.safe_dump({k: dict(cfg[k]) for k in SECTION_ORDER if k in cfg}, sort_keys=False)
+    plain = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    return yaml.safe_dump({k: dict(plain[k]) for k in SECTION_ORDER if k in plain}, sort_keys=False)
 
 
-def save(cfg: Mapping[str, Any], path: str | Path) -> None:
+def save(cfg: Config | Mapping[str, Any], path: str | Path) -> None:
     Path(path).write_text(dump(cfg))
 
 
-def describe() -> str:
-    """A listing of every section, its keys, types and defaults, and the registered names (for ``--help``)."""
+def describe(components: bool = False) -> str:
+    """Every section with its keys, types and defaults, and the registered names (for ``--help``).
+
+    Without ``components`` only names are listed (nothing is imported: ``--help`` stays fast); with it,
+    every component's parameters too (imports the implementations)."""
     lines = ["config sections (yaml paths; --set uses the same dotted paths):"]
     for section in SECTION_ORDER:
         if section in FIXED_SECTIONS:
             schema = section_schema(section)
             keys = ", ".join(f"{k}={d!r}" for k, (_, d) in schema.items())
             lines.append(f"  {section}: {keys}")
-        else:
-            registry, extra = _registry(section)
-            lines.append(f"  {section}.name: one of {', '.join(registry.names())} (default {DEFAULT_NAMES[section]!r})")
-            if extra is not None:
-                keys = ", ".join(f"{k}={d!r}" for k, (_, d) in _signature_schema(extra).items())
-                lines.append(f"    {section} (every dataset): {keys}")
-            for n in registry.names():
-                params = _signature_schema(registry.get(n), skip=registry.runtime)
-                if params:
-                    lines.append(f"    {section} {n}: " + ", ".join(f"{k}={d!r}" for k, (_, d) in params.items()))
+            continue
+        registry = SECTIONS[section]
+        lines.append(f"  {section}.name: one of {', '.join(registry.names())} (default {DEFAULT_NAMES[section]!r})")
+        if not components:
+            continue
+        common = registry.common()
+        if common is not None:
+            keys = ", ".join(f"{k}={d!r}" for k, (_, d) in signature_schema(common).items())
+            lines.append(f"    {section} (every {registry.kind}): {keys}")
+        for n in registry.names():
+            params = signature_schema(registry.get(n), skip=registry.runtime)
+            if params:
+                lines.append(f"    {section} {n}: " + ", ".join(f"{k}={d!r}" for k, (_, d) in params.items()))
     return "\n".join(lines)

@@ -1,68 +1,118 @@
 """A tiny registry: a config picks an implementation by name.
 
-Each registry knows which constructor arguments are *runtime facts* (class counts, feature
-dimension, ...) that the builder passes itself; every other keyword argument of a registered
-constructor is a hyper-parameter that a config section may set. The constructor signature is
-the schema: its annotations give the types and its defaults the default values, so the config
-checker (``ltcls.config``) and the builder read the same source of truth.
+Names are *declared* in a catalogue (:mod:`ltcls.registries`) with the module that implements them, so
+the registry knows every name (for ``--help``, ``--stage2`` choices, config errors) without importing
+torch; :meth:`Registry.get` imports the module on first use, whose ``@REGISTRY.register(name)`` decorator
+attaches the object. A declaration may carry metadata that callers read without an import (the task a
+dataset belongs to, a stage-2 method's config preset).
+
+Each registry knows which constructor arguments are *runtime facts* (class counts, feature dimension, ...)
+that the builder passes itself; every other keyword argument of a registered constructor is a
+hyper-parameter that a config section may set. The constructor signature is the schema
+(:meth:`Registry.schema`): its annotations give the types and its defaults the default values, so the
+config checker and the builder read the same source of truth.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 _MISSING = inspect.Parameter.empty
 
+#: ``{param: (type, default)}``: the config schema of one registered constructor.
+Schema = dict[str, tuple[Any, Any]]
+
 
 class Registry:
     """Maps names to constructors (classes or factory functions).
 
-    ``register`` raises ``ValueError`` on a duplicate name; ``get`` raises ``KeyError`` listing
-    the registered names (and the closest one) on an unknown name.
+    ``declare(name, module, **meta)`` names an implementation without importing it; ``register`` (a
+    decorator, in that module) attaches the object. ``register`` raises ``ValueError`` on a duplicate name;
+    ``get`` raises ``KeyError`` listing the registered names (and the closest one) on an unknown name.
+    ``common`` is a callable (or ``'module:attr'``) whose keyword arguments every entry accepts too (the
+    transform keys of every dataset).
     """
 
-    def __init__(self, kind: str, runtime: Iterable[str] = ()) -> None:
+    def __init__(self, kind: str, runtime: Iterable[str] = (), common: str | Callable[..., Any] | None = None
+                 ) -> None:
         self.kind = kind
         self.runtime = frozenset(runtime)
+        self._common = common
         self._items: dict[str, Callable[..., Any]] = {}
+        self._modules: dict[str, str] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------------------ declaring
+    def declare(self, name: str, module: str, **meta: Any) -> None:
+        """Name an implementation living in ``module`` (imported on first :meth:`get`)."""
+        if name in self._modules or name in self._items:
+            raise ValueError(f"{self.kind} '{name}' is already declared")
+        self._modules[name] = module
+        self._meta[name] = dict(meta)
 
     def register(self, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
             key = name or obj.__name__
             if key in self._items:
                 raise ValueError(f"{self.kind} '{key}' is already registered (by {self._items[key]!r})")
+            declared = self._modules.get(key)
+            if declared is not None and declared != obj.__module__:
+                raise ValueError(f"{self.kind} '{key}' is declared in {declared}, not {obj.__module__}")
             self._items[key] = obj
+            self._meta.setdefault(key, {})
             return obj
 
         return deco
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
+    # -------------------------------------------------------------------------------- looking up
+    def __contains__(self, name: object) -> bool:
+        return name in self._modules or name in self._items
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(set(self._modules) | set(self._items))
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """The declaration's metadata (no import)."""
+        self._check(name)
+        return self._meta.get(name, {})
+
+    def _check(self, name: str) -> None:
+        if name not in self:
+            close = difflib.get_close_matches(str(name), self.names(), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise KeyError(f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}s: {', '.join(self.names())}")
 
     def get(self, name: str) -> Callable[..., Any]:
-        try:
-            return self._items[name]
-        except KeyError:
-            close = difflib.get_close_matches(str(name), self._items, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise KeyError(
-                f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}s: {', '.join(self.names())}"
-            ) from None
+        self._check(name)
+        if name not in self._items:
+            importlib.import_module(self._modules[name])
+            if name not in self._items:
+                raise ImportError(f"{self._modules[name]} does not register {self.kind} '{name}' as declared")
+        return self._items[name]
 
+    def common(self) -> Callable[..., Any] | None:
+        if isinstance(self._common, str):
+            module, attr = self._common.split(":")
+            self._common = getattr(importlib.import_module(module), attr)
+        return self._common
+
+    # ----------------------------------------------------------------------------------- schema
     def hyperparams(self, name: str) -> dict[str, inspect.Parameter]:
         """The keyword arguments of ``name`` a config may set (its signature minus runtime facts)."""
-        sig = inspect.signature(self.get(name))
-        out = {}
-        for p in sig.parameters.values():
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self" or p.name in self.runtime:
-                continue
-            out[p.name] = p
+        return _keyword_params(self.get(name), self.runtime)
+
+    def schema(self, name: str) -> Schema:
+        """``{key: (type, default)}`` of a config section that picks ``name`` (``name`` itself included)."""
+        out: Schema = {"name": (str, name)}
+        common = self.common()
+        if common is not None:
+            out.update(signature_schema(common))
+        out.update(signature_schema(self.get(name), skip=self.runtime))
         return out
 
     def build(self, name: str, params: Mapping[str, Any] | None = None, **runtime: Any) -> Any:
@@ -92,6 +142,31 @@ class Registry:
         return self.get(name)(**params)
 
 
-def defaults_of(params: Mapping[str, inspect.Parameter]) -> dict[str, Any]:
-    """Default values of hyper-parameters (``None`` standing for a required one is not allowed)."""
-    return {k: (None if p.default is _MISSING else p.default) for k, p in params.items()}
+def _keyword_params(obj: Callable[..., Any], skip: Iterable[str] = ()) -> dict[str, inspect.Parameter]:
+    skip = set(skip)
+    out = {}
+    for p in inspect.signature(obj).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self" or p.name in skip:
+            continue
+        out[p.name] = p
+    return out
+
+
+def _hints(obj: Callable[..., Any]) -> dict[str, Any]:
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable forward refs: fall back to raw annotations
+        return dict(getattr(target, "__annotations__", {}))
+
+
+def signature_schema(obj: Callable[..., Any], skip: Iterable[str] = ()) -> Schema:
+    """``{param: (type, default)}`` of a callable's keyword hyper-parameters (``None`` for a required one)."""
+    hints = _hints(obj)
+    return {name: (hints.get(name, Any), None if p.default is _MISSING else p.default)
+            for name, p in _keyword_params(obj, skip).items()}
+
+
+def params_of(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A named config section's hyper-parameters: everything but its ``name``."""
+    return {k: v for k, v in section.items() if k != "name"}

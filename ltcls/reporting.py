@@ -109,3 +109,21 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def tau_sweep_figure(sweep: list[dict[str, Any]], chosen_tau: float, criterion: str, selected_on: str) -> plt.Figure:
+    """tau-norm's sweep: overall / many / medium / few and the selection ``criterion`` against tau, the chosen
+    tau marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    taus = [r["tau"] for r in sweep]
+    for k in ("overall", *GROUPS, criterion):
+        if all(r.get(k) is not None for r in sweep):
+            style = {"linestyle": "--", "color": "black"} if k == criterion else {}
+            ax.plot(taus, [r[k] for r in sweep], marker="o", markersize=3, label=k, **style)
+    ax.axvline(chosen_tau, color="gray", linestyle=":", label=f"chosen tau = {chosen_tau:g}")
+    ax.set_xlabel("tau")
+    ax.set_ylabel(f"top-1 on {selected_on} (%)")
+    ax.set_title(f"tau-norm sweep (chosen by {criterion})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

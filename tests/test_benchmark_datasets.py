@@ -17,10 +17,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from ltcls.data import DATASETS, build_data, build_transforms
-from ltcls.data.benchmarks import imagenet_lt, inat2018, places_lt
-from ltcls.data.published import group_sizes
-from ltcls.data.split_file import BadImageError, FileListDataset, split_file, transform_min_size
+from ltcls.data.build import DATASETS, build_data, build_transforms
+from ltcls.data.datasets.imagenet_lt import imagenet_lt
+from ltcls.data.datasets.inat2018 import inat2018
+from ltcls.data.datasets.places_lt import places_lt
+from ltcls.data.datasets.split_file import BadImageError, FileListDataset, split_file, transform_min_size
+from ltcls.data.tools.published import group_sizes
 
 # Each class gets its own color, so a loaded image shows which file a (mapped) path reached.
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
@@ -360,7 +362,7 @@ def test_bad_image_error_names_file_and_line(bad_tree):
 def test_bad_image_skip_logs_once_counts_and_replaces(bad_tree, caplog):
     root, train, test = bad_tree
     data = split_file(root=str(root), train_split=train, test_split=test, check_files=False, on_bad_image="skip")
-    with caplog.at_level(logging.WARNING, logger="ltcls.data.split_file"):
+    with caplog.at_level(logging.WARNING, logger="ltcls.data.datasets.split_file"):
         for _ in range(3):
             img, label = data.train[1]
             assert label == 0 and _label_of_pixel(img) == 0  # replaced by b.jpg, of the same class

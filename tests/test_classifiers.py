@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ltcls.models import CLASSIFIERS, build_classifier
-from ltcls.models.classifiers import NormalizedClassifier
+from ltcls.models.classifiers import CLASSIFIERS, NormalizedClassifier, build_classifier
 from ltcls.models.decoupled import LWSClassifier, NCMClassifier, TauNormClassifier
 
 D = torch.float64

@@ -12,16 +12,16 @@ from ltcls.registry import Registry
 
 def test_defaults_cover_every_section_and_component_defaults():
     cfg = C.resolve({})
-    assert list(cfg) == list(C.SECTION_ORDER)
-    assert cfg["train"]["epochs"] == C.TrainConfig().epochs
-    assert cfg["loss"] == {"name": "ce", "label_smoothing": 0.0}
-    assert cfg["data"]["name"] == "digits_lt" and "imbalance_factor" in cfg["data"] and "img_size" in cfg["data"]
+    assert list(cfg.to_dict()) == list(C.SECTION_ORDER)
+    assert cfg.train.epochs == C.TrainConfig().epochs
+    assert cfg.loss.to_dict() == {"name": "ce", "label_smoothing": 0.0}
+    assert cfg.data.name == "digits_lt" and "imbalance_factor" in cfg.data.params and "img_size" in cfg.data.params
 
 
 def test_file_then_set_override_order():
     cfg = C.resolve({"train": {"lr": 0.5, "epochs": 3}}, ["train.lr=0.05", "loss.label_smoothing=0.1"])
-    assert cfg["train"]["lr"] == 0.05 and cfg["train"]["epochs"] == 3
-    assert cfg["loss"]["label_smoothing"] == 0.1
+    assert cfg.train.lr == 0.05 and cfg.train.epochs == 3
+    assert cfg.loss.label_smoothing == 0.1
 
 
 def test_typo_names_key_and_closest():
@@ -57,8 +57,8 @@ def test_type_errors_name_key():
 
 def test_float_widening_and_yaml_exponent_strings():
     cfg = C.resolve({"train": {"lr": 1, "weight_decay": "5e-4"}})
-    assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
-    assert cfg["train"]["weight_decay"] == 5e-4
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.weight_decay == 5e-4
 
 
 def test_derived_values_are_rejected():
@@ -103,7 +103,7 @@ def test_resolved_config_written_and_roundtrips(tmp_path, capsys):
     assert train_main(["--config", str(cfg_file), "--set", "train.lr=0.01", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["lr"] == 0.01 and printed["train"]["epochs"] == 2
-    assert C.resolve(printed) == printed  # the resolved config is itself a valid, complete config
+    assert C.resolve(printed).to_dict() == printed  # the resolved config is itself a valid, complete config
 
 
 def test_cli_reports_config_errors_with_key(tmp_path, capsys):

@@ -17,7 +17,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_resolves(path):
-    cfg = C.resolve(C.load_yaml(path), source=str(path))
+    cfg = C.load(path)
     assert C.resolve(cfg) == cfg
 
 
@@ -44,20 +44,20 @@ def test_imagenet_lt_seesaw_config_reaches_its_first_step(tmp_path):
     path = CONFIGS[0].parent / "imagenet_lt_seesaw.yaml"
     # only the data location and what tiny data forces (batch, workers) change; model, head, loss,
     # sampler and optimizer are the config's own (ResNeXt-50, normalized tau 20, Seesaw p 0.8 q 1, SGD)
-    cfg = C.resolve(C.load_yaml(path), [f"data.root={root}", f"data.split_dir={splits}", "train.batch_size=4",
+    cfg = C.load(path, [f"data.root={root}", f"data.split_dir={splits}", "train.batch_size=4",
                                         "train.num_workers=0"])
-    assert cfg["model"]["name"] == "resnext50_32x4d" and cfg["loss"]["q"] == 1.0
+    assert cfg.model.name == "resnext50_32x4d" and cfg.loss.q == 1.0
     data, model, loss = build_run(cfg)
     assert data.num_classes == 3 and data.class_counts.tolist() == [6, 3, 2]
     trainer = Trainer(model, data, cfg, tmp_path / "run", task=build_task(cfg))
-    stage = Stage("stage1", loss, cfg["train"], cfg["sampler"])
-    _, loader, optimizer, _, _, amp, wrapped = trainer._setup(stage)
-    images, labels = next(iter(loader))
+    stage = Stage("stage1", loss, cfg.train, cfg.sampler)
+    state = trainer._setup(0, stage)
+    images, labels = next(iter(state.loader))
     assert images.shape == (4, 3, 224, 224)
     before = model.classifier.weight.detach().clone()
-    value, n = trainer.task.train_step(loss, trainer.device, amp)(wrapped, (images, labels))
-    value.backward()
-    optimizer.step()
-    assert n == 4 and torch.isfinite(value)
+    out = trainer.task.train_step(state.wrapped, (images, labels), loss, trainer.device, state.amp)
+    out.loss.backward()
+    state.optimizer.step()
+    assert out.num_samples == 4 and torch.isfinite(out.loss)
     assert int(loss.cum_samples.sum()) == 4  # Seesaw counted the batch
     assert not torch.equal(before, model.classifier.weight)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ltcls.data import DATASETS, TRANSFORM_KEYS, build_data, build_transforms
-from ltcls.data.cifar import cifar10_lt, cifar100_lt
-from ltcls.data.digits import digits_lt
-from ltcls.data.profiles import lt_counts
-from ltcls.data.split_file import FileListDataset, split_file
+from ltcls.data.build import DATASETS, TRANSFORM_KEYS, build_data, build_transforms
+from ltcls.data.datasets.cifar import cifar10_lt, cifar100_lt
+from ltcls.data.datasets.digits import digits_lt
+from ltcls.data.datasets.split_file import FileListDataset, split_file
+from ltcls.data.tools.profiles import lt_counts
 
 OUTSIDE = r"path .* resolves outside data.root .*expected a path relative to data.root"
 CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]

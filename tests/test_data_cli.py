@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltcls import data_cli
-from ltcls.data.published import CONVENTIONS
-from ltcls.data.split_file import split_file
-from ltcls.data.tools import MAKE_SPLIT_PROFILES, pareto_counts
-from ltcls.data_cli import main
+from ltcls.cli import data as data_cli
+from ltcls.cli.data import main
+from ltcls.data.datasets.split_file import split_file
+from ltcls.data.tools.make_split import MAKE_SPLIT_PROFILES, pareto_counts
+from ltcls.data.tools.published import CONVENTIONS
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "imagenet_lt_ce.yaml")
 

@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ltcls import config as C
-from ltcls.data import DATASETS, build_sampler
+from ltcls.data.build import DATASETS, build_sampler
 from ltcls.data.samplers import RepeatFactorSampler, repeat_factors
 from ltcls.detection.data import DetectionFlip, LVISDataset, image_path
 
@@ -182,7 +182,7 @@ def test_toy_lvis_generator(tmp_path):
 
 def test_lvis_config_section_is_strict():
     cfg = C.resolve({"data": {"name": "lvis", "root": "/coco"}, "detection": {"nms_thresh": 0.3}})
-    assert cfg["data"]["train_ann"].endswith("lvis_v1_train.json") and cfg["detection"]["detections_per_img"] == 300
+    assert cfg.data.train_ann.endswith("lvis_v1_train.json") and cfg.detection.detections_per_img == 300
     with pytest.raises(C.ConfigError, match="detection.nms_tresh"):
         C.resolve({"detection": {"nms_tresh": 0.3}})
     with pytest.raises(C.ConfigError, match="sampler.repeat_thresh"):

@@ -116,7 +116,7 @@ def test_simcal_calibrates_the_classifier_of_a_frozen_detector(tmp_path, toy):
     before = torch.load(stage1 / "checkpoint.pt", weights_only=True)["model"]
     after = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     for k, v in before.items():  # the detector is frozen: every stage-1 tensor unchanged
-        assert torch.equal(after[f"backbone.{k}"], v), k
+        assert torch.equal(after[f"detector.{k}"], v), k
     w0 = before["roi_heads.box_predictor.cls_score.weight"]
     assert not torch.equal(after["head.classifier.weight"], w0)  # the calibrated head trained from the original
     assert after["head.classifier.weight"].shape == w0.shape
@@ -134,4 +134,4 @@ def test_stage2_methods_match_the_task(tmp_path, toy, capsys):
     (digits / "config.yaml").write_text("data:\n  name: digits_lt\n")
     with pytest.raises(SystemExit):
         train_main(["--stage2", "simcal", "--from", str(digits)])
-    assert "calibrates a detector" in capsys.readouterr().err
+    assert "--stage2 simcal applies to detection runs" in capsys.readouterr().err

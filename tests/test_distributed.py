@@ -42,7 +42,7 @@ def _test_logits(run: Path) -> torch.Tensor:
     from ltcls import config as C
     from ltcls.engine import build_run, predict
 
-    cfg = C.resolve(C.load_yaml(run / "config.yaml"))
+    cfg = C.load(run / "config.yaml")
     data, model, _ = build_run(cfg)
     model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
     loader = torch.utils.data.DataLoader(data.test, batch_size=100)

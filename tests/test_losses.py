@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from ltcls.losses import LOSSES, build_loss
+from ltcls.losses.base import LOSSES, build_loss
 from ltcls.losses.gumbel import gumbel_probs
 from ltcls.losses.logit_adjusted import logit_adjust
 from ltcls.losses.seesaw import seesaw_cross_entropy

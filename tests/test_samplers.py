@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltcls.data import SAMPLERS, build_sampler
+from ltcls.data.build import SAMPLERS, build_sampler
 from ltcls.data.samplers import LTSampler
 
 COUNTS = np.array([50000, 25000, 12000, 6000, 3000, 1500, 600, 200, 60, 20])

@@ -11,8 +11,8 @@ import yaml
 
 from ltcls.cli import train_main
 from ltcls.engine.features import cached_features
-from ltcls.inference import dual_head_select
 from ltcls.models.decoupled import TauNormClassifier
+from ltcls.models.dual_head import dual_head_select
 
 # Stage 1: CE, ResNet-8 on 16x16 digits, 15 epochs, with a balanced 10-per-class validation split.
 STAGE1 = ["model.name=cifar_resnet8", "data.img_size=16", "data.val_per_class=10", "train.epochs=15",
@@ -88,7 +88,7 @@ def test_tau_is_chosen_on_val_not_test(stage1, tmp_path):
     assert m["tau"] == max(m["tau_sweep"], key=lambda r: r["mean_per_class"])["tau"]
     # Recompute the sweep independently on the cached *validation* features: it must match exactly.
     val = torch.load(stage1 / "feature_cache" / "val_views1.pt", weights_only=True)["features"][0]
-    from ltcls.data import build_data
+    from ltcls.data.build import build_data
 
     data = build_data(yaml.safe_load((run / "config.yaml").read_text())["data"])
     linear = torch.nn.Linear(val.shape[1], 10)

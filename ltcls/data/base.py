@@ -6,20 +6,20 @@ import copy
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ltcls.registry import Registry
+from ltcls.registries import DATASETS, SAMPLERS  # noqa: F401  (the modules that register import them from here)
 
-#: Dataset builders take their hyper-parameters from ``data.*`` and the two transforms at runtime;
-#: each returns a :class:`DataSplits`.
-DATASETS = Registry("dataset", runtime=("train_transform", "eval_transform"))
 
-#: Samplers take their hyper-parameters from ``sampler.*``; the trainer passes the runtime facts.
-SAMPLERS = Registry("sampler", runtime=("targets", "seed", "epochs", "num_replicas", "rank", "dataset"))
+def sample_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
+    """The seed of sample ``index``'s random draws in ``epoch`` (the one formula: the same draws whatever the
+    number of workers or processes). ``stream`` separates independent draws of the same sample."""
+    return ((seed * 1_000_003 + epoch) * 2_654_435_761 + int(index) + stream * 0x9E3779B97F4A7C15) % (2**63)
 
 
 class LTDataset(Dataset):
@@ -66,7 +66,7 @@ class LTDataset(Dataset):
             return img
         if self.aug_seed is None:
             return self.transform(img)
-        seed = ((self.aug_seed * 1_000_003 + self.epoch) * 2_654_435_761 + int(index)) % (2**63)
+        seed = sample_seed(self.aug_seed, self.epoch, index)
         # The CPU generator directly (torch.manual_seed would also seed every accelerator: ~100 us a call).
         # NumPy's global state is seeded but not restored (saving it costs ~60 us a sample).
         torch_state, py_state = torch.default_generator.get_state(), random.getstate()
@@ -104,13 +104,25 @@ class ArrayDataset(LTDataset):
         return Image.fromarray(self.images[index]).convert("RGB")
 
 
+class Split(Protocol):
+    """What the engine needs of any split (an :class:`LTDataset` for classification, LVIS images for
+    detection): its length, number of classes and per-class training counts."""
+
+    num_classes: int
+
+    def __len__(self) -> int: ...
+
+    @property
+    def class_counts(self) -> np.ndarray: ...
+
+
 @dataclass
 class DataSplits:
     """What a dataset builder returns: the train and test splits and an optional validation split."""
 
-    train: LTDataset
-    test: LTDataset
-    val: LTDataset | None = None
+    train: Split
+    test: Split
+    val: Split | None = None
 
     @property
     def num_classes(self) -> int:

@@ -1,37 +1,30 @@
-"""Long-tailed instance segmentation: torchvision's Mask R-CNN on LVIS with ltcls's losses and classifiers.
+"""Long-tailed instance segmentation, a plug-in: torchvision's Mask R-CNN on LVIS with ltcls's losses and
+classifiers.
 
 * :mod:`ltcls.detection.data`: the ``lvis`` dataset (LVIS v1 json, COCO 2017 images);
 * :mod:`ltcls.detection.heads` / :mod:`ltcls.detection.model`: the adapter (subclasses of torchvision's
   ``RoIHeads``, ``FastRCNNPredictor``, ``MaskRCNNPredictor``, ``GeneralizedRCNNTransform``, ``MaskRCNN``);
-* :mod:`ltcls.detection.evaluation`: LVIS's federated evaluation on pycocotools;
-* :mod:`ltcls.detection.task`: the :class:`DetectionTask` the shared Trainer runs;
+* :mod:`ltcls.detection.evaluation`: LVIS's federated evaluation;
+* :mod:`ltcls.detection.task`: the ``detection`` task the shared Trainer runs;
 * :mod:`ltcls.detection.simcal`: SimCal calibration and dual-head inference (``--stage2 simcal``).
 
-This file stays light (``ltcls.data`` imports :mod:`ltcls.detection.data` to register ``lvis``); the rest
-is imported on first use.
+Importing this package declares the plug-in's names (the ``lvis`` dataset, the ``detection`` task, the
+``simcal`` stage-2 method) in :mod:`ltcls.registries`, without importing torch; :mod:`ltcls.plugins` lists it.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
-from typing import Any
+from ltcls.registries import DATASETS, METHODS, TASKS
 
-from ltcls.data.base import DATASETS
-
-_LAZY = {"build_detection_run": "build", "build_detector": "build", "DetectionTask": "task",
-         "run_simcal": "simcal", "LTMaskRCNN": "model", "LTRoIHeads": "model", "LVISEval": "evaluation"}
-
-__all__ = ["is_detection", *_LAZY]
-
-
-def is_detection(cfg: Mapping[str, Any]) -> bool:
-    """Whether a resolved config's ``data`` is a detection dataset (its builder says ``task = 'detection'``)."""
-    name = cfg["data"]["name"]
-    return name in DATASETS and getattr(DATASETS.get(name), "task", "classification") == "detection"
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"ltcls.detection.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'ltcls.detection' has no attribute '{name}'")
+DATASETS.declare("lvis", "ltcls.detection.data", task="detection")
+TASKS.declare("detection", "ltcls.detection.task")
+METHODS.declare(
+    "simcal", "ltcls.detection.simcal", task="detection",
+    summary="detection (lvis) runs: SimCal calibration of the box classifier with bi-level sampling on the frozen "
+            "Mask R-CNN, dual-head evaluation (T = stage2.dual_head_threshold, 300)",
+    # The paper's calibration schedule, 12k steps of 16 classes with lr 0.01 decayed at 8k and 11k, expressed in
+    # epochs of LVIS v1's 1203 classes (75 steps per epoch); dual-head threshold T = 300 training instances.
+    preset={"sampler": {"name": "instance"},
+            "train": {"epochs": 160, "batch_size": 16, "lr": 0.01, "schedule": "step", "milestones": [107, 147],
+                      "warmup_epochs": 0},
+            "stage2": {"dual_head_threshold": 300}})

@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from ltcls.data.base import DATASETS, DataSplits
+from ltcls.data.base import DATASETS, DataSplits, sample_seed
 
 log = logging.getLogger("ltcls")
 
@@ -188,7 +188,7 @@ class LVISDataset(Dataset):
         """The per-sample augmentation generator (``None``: torch's global one)."""
         if self.aug_seed is None:
             return None
-        return torch.Generator().manual_seed(((self.aug_seed * 1_000_003 + self.epoch) * 2_654_435_761 + index) % 2**63)
+        return torch.Generator().manual_seed(sample_seed(self.aug_seed, self.epoch, index))
 
     def load_image(self, index: int) -> torch.Tensor:
         path = self.paths[index]
@@ -258,5 +258,3 @@ def lvis(train_transform: Callable | None = None, eval_transform: Callable | Non
         raise ValueError(f"{val.ann_file} and {train.ann_file} have different categories")
     return DataSplits(train=train, test=val, val=val)
 
-
-lvis.task = "detection"  # type: ignore[attr-defined]  # read by ltcls.detection.is_detection

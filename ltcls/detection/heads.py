@@ -24,7 +24,7 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
-from ltcls.losses import LTLoss
+from ltcls.losses.base import LTLoss
 from ltcls.losses.gumbel import gumbel_bce, gumbel_probs
 from ltcls.losses.seesaw_det import seesaw_det_scores
 from ltcls.registry import Registry

@@ -195,18 +195,6 @@ class LTMaskRCNN(MaskRCNN):
         return self.roi_heads.box_classification
 
 
-def freeze_as_buffers(module: nn.Module) -> None:
-    """Turn every parameter of ``module`` into a persistent buffer of the same name.
-
-    A frozen backbone stage stays frozen whatever a trainer does with ``requires_grad`` (ltcls's Trainer
-    re-enables it on all parameters at each stage); state-dict keys do not change.
-    """
-    for sub in module.modules():
-        for name, param in list(sub.named_parameters(recurse=False)):
-            del sub._parameters[name]
-            sub.register_buffer(name, param.detach())
-
-
 class TimmFPN(nn.Module):
     """A timm ``features_only`` model (strides 4, 8, 16, 32) under torchvision's FPN (+ max-pool level)."""
 
@@ -240,7 +228,7 @@ def build_fpn_backbone(name: str, pretrained: bool = False, fpn_channels: int = 
             train.append("bn1")
         for child_name, child in body.named_children():
             if not any(child_name.startswith(t) for t in train):
-                freeze_as_buffers(child)
+                child.requires_grad_(False)  # as torchvision's resnet_fpn_backbone
         stage2 = body.inplanes // 8
         return BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)},
                                [stage2 * 2 ** (i - 1) for i in range(1, 5)], fpn_channels,

@@ -1,10 +1,10 @@
 """SimCal (Wang et al., ECCV 2020) for the Mask R-CNN adapter: ``ltcls-train --stage2 simcal --from RUN_DIR``.
 
-Calibration: the trained detector is frozen (backbone, RPN, box regression, mask branch: it is the
-``backbone`` of :class:`SimCalModel`, so the Trainer's ``freeze_backbone`` freezes it and keeps it in
-eval mode). A calibrated classification head, a copy of the detector's box head (two fc layers) and
-classifier ("initialized with the original head", the paper's best 3fc_ft choice), is trained with
-bi-level sampling: a batch draws classes uniformly (each class once per epoch, ``batch_size`` classes per
+Calibration: the trained detector is frozen (backbone, RPN, box regression, mask branch: its parameters
+do not train and it stays in eval mode). A calibrated classification head, a copy of the detector's box
+head (two fc layers) and classifier ("initialized with the original head", the paper's best 3fc_ft choice),
+is trained with bi-level sampling: a batch draws classes uniformly (each class once per epoch,
+``batch_size`` classes per
 batch; 16 in the paper), then one training image containing each; of that image's proposals (RPN at
 test settings plus the ground-truth boxes, matched at IoU 0.5) only those of the drawn class are kept,
 with as many background proposals drawn at random (1:1).
@@ -12,16 +12,17 @@ with as many background proposals drawn at random (1:1).
 Dual-head inference ('sel'): classes with at most ``stage2.dual_head_threshold`` (T) training
 *instances* take the calibrated head's scores, the others (and background) the original head's; boxes
 and masks stay the original model's. Evaluation reports the original, calibrated and combined models.
+
+This is a plug-in stage-2 method (declared in :mod:`ltcls.detection` with its preset); the shared stage-2
+runner loads the finished run and calls :func:`simcal`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,44 +30,23 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ltcls.detection.build import build_detection_data, build_detection_loss, build_detector
+from ltcls.config import Config
+from ltcls.data.base import sample_seed
+from ltcls.detection.build import build_detection_loss
 from ltcls.detection.data import LVISDataset
 from ltcls.detection.heads import BoxClassification, build_box_classification
 from ltcls.detection.model import LTMaskRCNN
-from ltcls.detection.task import BBOX_KEYS, SEGM_KEYS, DetectionTask, summary_line, write_scalars
-from ltcls.inference import dual_head_select
-from ltcls.models import build_classifier
+from ltcls.detection.task import BBOX_KEYS, SEGM_KEYS, DetectionTask, LVISEvaluator, summary_line, write_scalars
+from ltcls.engine.evaluation import DatasetEvaluator, EvalContext
+from ltcls.engine.stage import Stage
+from ltcls.models.classifiers import build_classifier
+from ltcls.models.dual_head import dual_head_select
+from ltcls.registries import METHODS
+from ltcls.stage2.runner import Plan, Rows, Stage2Context
 
 log = logging.getLogger("ltcls")
 
-#: Overrides SimCal applies to the stage-1 config (then ``--set``): the paper's calibration schedule,
-#: 12k steps of 16 classes with lr 0.01 decayed at 8k and 11k, expressed in epochs of LVIS v1's 1203
-#: classes (75 steps per epoch); dual-head threshold T = 300 training instances.
-PRESET: dict[str, dict[str, Any]] = {
-    "sampler": {"name": "instance"},
-    "train": {"epochs": 160, "batch_size": 16, "lr": 0.01, "schedule": "step", "milestones": [107, 147],
-              "warmup_epochs": 0},
-    "stage2": {"dual_head_threshold": 300},
-}
 MODES = ("original", "calibrated", "combined")
-
-
-def simcal_base_config(stage1_cfg: Mapping[str, Any], stage1_dir: Path, method: str = "simcal") -> dict[str, Any]:
-    """The stage-1 config with SimCal's preset (to be resolved with the user's ``--set``); SimCal is the
-    second stage of detection runs, and only of them."""
-    from ltcls.config import ConfigError
-    from ltcls.detection import is_detection
-
-    if not is_detection(stage1_cfg):
-        raise ConfigError(f"--stage2 simcal calibrates a detector; {stage1_dir} is a '{stage1_cfg['data']['name']}' "
-                         "classification run (its decoupled stage 2: crt, lws, tau_norm, ncm, gumbel)")
-    if method != "simcal":
-        raise ConfigError(f"{stage1_dir} is a detection run: its second stage is --stage2 simcal, not {method}")
-    cfg = copy.deepcopy(dict(stage1_cfg))
-    for section, values in PRESET.items():
-        cfg[section] = {**cfg.get(section, {}), **values} if section != "sampler" else dict(values)
-    cfg["stage2"].update(method="simcal", from_run=str(stage1_dir))
-    return cfg
 
 
 class BiLevelDataset(Dataset):
@@ -104,7 +84,7 @@ class BiLevelDataset(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, dict[str, Any]]:
         gen = None
         if self.aug_seed is not None:
-            gen = torch.Generator().manual_seed(((self.aug_seed * 7_919 + self.epoch) * 1_000_003 + k) % 2**63)
+            gen = torch.Generator().manual_seed(sample_seed(self.aug_seed, self.epoch, k, stream=1))
         images = self.images_of[k]
         image, target = self.dataset[int(images[int(torch.randint(len(images), (1,), generator=gen))])]
         return image, {**target, "simcal_class": int(self.classes[k]) + 1}
@@ -163,34 +143,43 @@ class _DualScoring(nn.Module):
 
 
 class SimCalModel(nn.Module):
-    """The frozen detector (``backbone``) and the calibrated head (``head``).
+    """The frozen detector (``detector``) and the calibrated head (``head``).
 
-    Training forward: the calibration loss dict on bi-level-sampled proposals. Eval forward: detections with
-    the scores of ``mode`` (``original``, ``calibrated`` or ``combined`` with threshold T).
+    Training forward: the calibration loss dict on bi-level-sampled proposals. Eval forward: ``{mode:
+    detections}`` for each of ``modes`` (``original``, ``calibrated``, and ``combined`` with threshold T).
     """
 
     def __init__(self, detector: LTMaskRCNN, head: CalibratedHead, instance_counts: np.ndarray,
                  threshold: int | None) -> None:
         super().__init__()
-        self.backbone = detector
+        self.detector = detector
         self.head = head
         background = np.iinfo(np.int64).max  # background always takes the original head's score
         self.register_buffer("counts", torch.as_tensor(np.concatenate([[background], instance_counts])),
                              persistent=False)
         self.threshold = threshold
+        self.modes = tuple(m for m in MODES if m != "combined" or threshold is not None)
         self.mode = "combined" if threshold is not None else "calibrated"
+        for p in detector.parameters():
+            p.requires_grad_(False)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None):
         if self.training:
             return self.calibration_losses(images, targets)
-        if self.mode == "original":
-            return self.backbone(images)
-        with self._dual_heads():
-            return self.backbone(images)
+        out = {}
+        for mode in self.modes:
+            self.mode = mode
+            if mode == "original":
+                out[mode] = self.detector(images)
+                continue
+            with self._dual_heads():
+                out[mode] = self.detector(images)
+        self.mode = self.modes[-1]
+        return out
 
     @contextmanager
     def _dual_heads(self) -> Iterator[None]:
-        rh = self.backbone.roi_heads
+        rh = self.detector.roi_heads
         saved = rh.box_head, rh.box_predictor, rh.box_classification
         width = saved[2].packed_width
         rh.box_head = _DualBoxHead(saved[0], self.head)
@@ -208,7 +197,7 @@ class SimCalModel(nn.Module):
         by the calibrated head."""
         if targets is None:
             raise ValueError("SimCal calibration needs targets")
-        det = self.backbone
+        det = self.detector
         rh = det.roi_heads
         with torch.no_grad():
             plain = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
@@ -231,95 +220,78 @@ class SimCalModel(nn.Module):
         return self.head.box_classification.losses(packed, torch.cat(kept_labels))
 
 
-class SimCalTask(DetectionTask):
-    """Evaluates the original, calibrated and (with T) combined models; the report's top-level AP keys are the
-    combined model's (the calibrated one's without T). The original model's metrics are computed once."""
+class SimCalEvaluator(DatasetEvaluator):
+    """One LVIS evaluator per model (original, calibrated, combined); the report's top-level AP keys are the
+    selected model's (combined with T, else calibrated), each model's metrics under its name."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._original: dict[str, Any] | None = None
+    def __init__(self, dataset: Any, modes: tuple[str, ...], mask_threshold: float, max_dets: int) -> None:
+        self.evaluators = {m: LVISEvaluator(dataset, mask_threshold, max_dets) for m in modes}
 
-    def evaluate(self, trainer, stage, step, epoch) -> dict[str, Any]:
-        split, dataset = trainer.eval_split(stage)
-        model: SimCalModel = trainer.model
-        main_mode = model.mode
-        results: dict[str, dict[str, Any]] = {}
-        try:
-            for mode in MODES:
-                if mode == "combined" and model.threshold is None:
-                    continue
-                if mode == "original" and self._original is not None:
-                    results[mode] = self._original
-                    continue
-                model.mode = mode
-                results[mode] = self.predict_and_score(trainer, model, dataset, f"eval {split} ({mode})")
-                log.info("simcal %s  %s", mode, summary_line(results[mode]))
-        finally:
-            model.mode = main_mode
-        self._original = results["original"]
-        report: dict[str, Any] = {k: results[main_mode].get(k) for k in SEGM_KEYS + BBOX_KEYS}
-        report.update({mode: r for mode, r in results.items()})
-        report.update(split=split, epoch=epoch, stage=stage.name, selected=main_mode,
-                      dual_head_threshold=model.threshold, num_images=len(dataset))
-        if trainer.reporter is not None:
-            write_scalars(trainer.reporter, report, step)
-            for mode, r in results.items():
-                write_scalars(trainer.reporter, r, step, prefix=f"simcal/{mode}")
+    def reset(self) -> None:
+        for e in self.evaluators.values():
+            e.reset()
+
+    def process(self, batch: Any, outputs: dict[str, Any]) -> None:
+        for mode, e in self.evaluators.items():
+            e.process(batch, outputs[mode])
+
+    def evaluate(self) -> dict[str, Any]:
+        results = {mode: e.evaluate() for mode, e in self.evaluators.items()}
+        selected = list(results)[-1]
+        report: dict[str, Any] = {k: results[selected].get(k) for k in SEGM_KEYS + BBOX_KEYS}
+        report.update(results)
+        report["selected"] = selected
+        report["num_images"] = results[selected]["num_images"]
         return report
 
 
-def comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: segm AP / APr / APc / APf and bbox AP of each model."""
-    cols = ("AP", "APr", "APc", "APf", "bbox_AP")
-    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join("n/a" if r.get(k) is None else f"{r[k]:.2f}" for k in cols) + " |")
-    return "\n".join(lines) + "\n"
+class SimCalTask(DetectionTask):
+    """Detection evaluated as SimCal's original / calibrated / combined models in one pass over the split."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.threshold = cfg.stage2.dual_head_threshold
+
+    def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
+        modes = tuple(m for m in MODES if m != "combined" or self.threshold is not None)
+        return SimCalEvaluator(dataset, modes, self.mask_threshold, self.max_dets)
+
+    def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
+        report["dual_head_threshold"] = self.threshold
+        for mode in MODES:
+            if mode in report:
+                log.info("simcal %s  %s", mode, summary_line(report[mode]))
+        if ctx.reporter is not None:
+            write_scalars(ctx.reporter, report, ctx.step)
+            for mode in MODES:
+                if mode in report:
+                    write_scalars(ctx.reporter, report[mode], ctx.step, prefix=f"simcal/{mode}")
 
 
-def run_simcal(cfg: Mapping[str, Any], stage1_dir: Path, work_dir: Path, reporter: Any,
-               resume: bool = False) -> dict[str, Any]:
-    """Calibrate the detector of the finished run ``stage1_dir`` and evaluate original / calibrated / combined."""
-    from ltcls import config as C
-    from ltcls.engine.build import seed_everything
-    from ltcls.engine.checkpoint import load_checkpoint
-    from ltcls.engine.trainer import CHECKPOINT, Stage, Trainer
-
-    for name in ("config.yaml", CHECKPOINT, "metrics.json"):
-        if not (stage1_dir / name).is_file():
-            raise FileNotFoundError(f"{stage1_dir} is not a finished detection run: {name} is missing")
-    stage1_cfg = C.resolve(C.load_yaml(stage1_dir / "config.yaml"), source=str(stage1_dir / "config.yaml"))
-    seed_everything(cfg["train"]["seed"])
-    data = build_detection_data(cfg)
-    detector = build_detector(stage1_cfg, data)
-    detector.load_state_dict(load_checkpoint(stage1_dir / CHECKPOINT)["model"])
+@METHODS.register("simcal")
+def simcal(ctx: Stage2Context) -> Plan:
+    """Calibrate the detector of the finished run: a calibrated head trained with bi-level sampling on the
+    frozen detector; evaluation of the original, calibrated and combined models."""
+    cfg, data, detector = ctx.cfg, ctx.data, ctx.model
     original = detector.roi_heads
     loss = build_detection_loss(cfg, data)
-    box_classification = build_box_classification(cfg["loss"]["name"], loss, data.num_classes)
-    if (cfg["classifier"] == stage1_cfg["classifier"]
+    box_classification = build_box_classification(cfg.loss.name, loss, data.num_classes)
+    if (cfg.classifier == ctx.stage1_cfg.classifier
             and box_classification.classifier_outputs == original.box_classification.classifier_outputs):
         classifier = copy.deepcopy(original.box_predictor.cls_score)  # SimCal: start from the original head
     else:
         log.info("simcal: the classifier or loss differs from stage 1; the calibrated classifier starts fresh")
-        c = {k: v for k, v in cfg["classifier"].items() if k != "name"}
-        classifier = build_classifier(cfg["classifier"]["name"], cfg["detection"]["box_head_dim"],
-                                      box_classification.classifier_outputs, **c)
+        classifier = build_classifier(cfg.classifier.name, cfg.detection.box_head_dim,
+                                      box_classification.classifier_outputs, **cfg.classifier.params)
         box_classification.init_classifier(classifier)
     head = CalibratedHead(copy.deepcopy(original.box_head), classifier, box_classification)
-    threshold = cfg["stage2"]["dual_head_threshold"]
+    threshold = cfg.stage2.dual_head_threshold
     model = SimCalModel(detector, head, data.train.instance_counts, threshold)
-    d = cfg["detection"]
-    task = SimCalTask(mask_threshold=d["mask_threshold"], max_dets=d["detections_per_img"],
-                      amp_dtype=cfg["train"]["amp_dtype"])
-    trainer = Trainer(model, data, cfg, work_dir, reporter, task=task)
-    stage = Stage("simcal", loss, cfg["train"], cfg["sampler"], freeze_backbone=True,
+    stage = Stage("simcal", loss, cfg.train, cfg.sampler, eval_modules=[detector],
                   train_set=BiLevelDataset(data.train))
-    report = trainer.fit([stage], resume=resume)
-    rows = {mode: report[mode] for mode in MODES if mode in report}
-    stage1 = json.loads((stage1_dir / "metrics.json").read_text())
-    table = comparison_table({"stage 1 (its metrics.json)": stage1, **rows})
-    if trainer.dist.is_main:
-        (work_dir / "comparison.md").write_text(
-            f"# {stage1_dir} -> SimCal (T = {threshold})\n\nLVIS AP (%) on the {report['split']} split\n\n" + table)
-    log.info("SimCal:\n%s", table)
-    return report
+
+    def rows(report: dict[str, Any]) -> Rows:
+        return [(mode, report[mode]) for mode in MODES if mode in report]
+
+    return Plan(stage, model=model, task=SimCalTask(cfg), rows=rows,
+                title=f"{ctx.stage1_dir} -> SimCal (T = {threshold})")

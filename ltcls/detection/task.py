@@ -1,22 +1,26 @@
-"""The detection task: how the shared Trainer batches, trains and evaluates Mask R-CNN on LVIS."""
+"""The detection task: how the shared Trainer builds, batches, trains and evaluates Mask R-CNN on LVIS."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Subset
 
-from ltcls.detection.evaluation import METRICS, lvis_evaluate, predict_lvis
+from ltcls.config import Config
+from ltcls.data.base import DataSplits
+from ltcls.detection.build import build_detection_data, build_detector
+from ltcls.detection.evaluation import METRICS, encode_detections, lvis_evaluate
+from ltcls.detection.model import LTMaskRCNN, compact_masks
+from ltcls.engine.distributed import broadcast_object, gather_objects, info
+from ltcls.engine.evaluation import DatasetEvaluator, EvalContext
 from ltcls.engine.loops import autocast
-from ltcls.losses import LTLoss
-
-if TYPE_CHECKING:
-    from ltcls.engine.trainer import Stage, Trainer
+from ltcls.engine.tasks import Run, StepOutput, Task, seed_everything
+from ltcls.losses.base import LTLoss
+from ltcls.registries import TASKS
 
 log = logging.getLogger("ltcls")
 
@@ -34,72 +38,104 @@ def to_device(target: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
 
 
-class DetectionTask:
-    """Mask R-CNN: ``loss = sum(model(images, targets).values())``; LVIS bbox / segm AP for evaluation.
+class LVISEvaluator(DatasetEvaluator):
+    """LVIS bbox and segm AP (``SEGM_KEYS`` + ``BBOX_KEYS``) of a split's detections.
 
-    ``evaluate`` writes ``det/AP``, ``det/APr``, ... (mask) and ``det/bbox_AP``, ... (box) to TensorBoard and
-    returns them with ``split``, ``epoch`` and ``stage`` (the Trainer writes metrics.json).
-    """
+    Detections are RLE-encoded image by image (``process``), so memory holds only what is kept; with N
+    processes rank 0 gathers the results, evaluates and broadcasts the metrics."""
+
+    def __init__(self, dataset: Any, mask_threshold: float = 0.5, max_dets: int = 300) -> None:
+        self.facts = {"num_images": len(dataset), "num_classes": int(dataset.num_classes),
+                      "frequency_groups": {f: dataset.frequency.count(f) for f in ("r", "c", "f")}}
+        self.gt = dataset.gt
+        self.cat_ids = dataset.cat_ids
+        self.mask_threshold = mask_threshold
+        self.max_dets = max_dets
+        self.reset()
+
+    def reset(self) -> None:
+        self.bbox: list[dict[str, Any]] = []
+        self.segm: list[dict[str, Any]] = []
+        self.img_ids: list[int] = []
+
+    def process(self, batch: Any, outputs: list[dict[str, torch.Tensor]]) -> None:
+        images, targets = batch
+        for out, target, image in zip(outputs, targets, images):
+            b, s = encode_detections(out, int(target["image_id"]), tuple(image.shape[-2:]), self.cat_ids,
+                                     self.mask_threshold)
+            self.bbox += b
+            self.segm += s
+            self.img_ids.append(int(target["image_id"]))
+
+    def evaluate(self) -> dict[str, Any]:
+        bbox, segm, img_ids = (gather_objects(x) for x in (self.bbox, self.segm, self.img_ids))
+        out: dict[str, Any] = {}
+        if info().is_main:
+            out.update(lvis_evaluate(self.gt, segm, "segm", self.max_dets, img_ids))
+            bbox_metrics = lvis_evaluate(self.gt, bbox, "bbox", self.max_dets, img_ids)
+            out.update({f"bbox_{k}": v for k, v in bbox_metrics.items()})
+            out["num_detections"] = len(bbox)
+        return {**broadcast_object(out), **self.facts}
+
+
+@TASKS.register("detection")
+class DetectionTask(Task):
+    """Mask R-CNN: ``loss = sum(model(images, targets).values())``, each part logged; LVIS bbox / segm AP.
+
+    ``report`` writes ``det/AP``, ``det/APr``, ... (mask) and ``det/bbox_AP``, ... (box) to TensorBoard."""
 
     collate_fn = staticmethod(collate)
     summary_keys = SEGM_KEYS + BBOX_KEYS
+    comparison_keys = ("AP", "APr", "APc", "APf", "bbox_AP")
+    metric_title = "LVIS AP (%)"
 
-    def __init__(self, mask_threshold: float = 0.5, max_dets: int = 300, amp_dtype: str = "float16") -> None:
-        self.mask_threshold = mask_threshold
-        self.max_dets = max_dets
-        self.amp_dtype = amp_dtype
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.mask_threshold = cfg.detection.mask_threshold
+        self.max_dets = cfg.detection.detections_per_img
 
-    def train_step(self, loss_fn: LTLoss, device: torch.device, amp: bool):
-        """``step(model, batch) -> (summed loss dict, images)``; ``loss_fn`` lives inside the model's RoI heads."""
+    def build_data(self, cfg: Config) -> DataSplits:
+        return build_detection_data(cfg)
 
-        def step(module: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-            images, targets = batch
-            images = [im.to(device, non_blocking=True) for im in images]
-            targets = [to_device(t, device) for t in targets]
-            with autocast(device, amp, self.amp_dtype):
-                losses = module(images, targets)
-            return sum(losses.values()), len(images)
+    def build_model(self, cfg: Config, data: DataSplits) -> LTMaskRCNN:
+        return build_detector(cfg, data)
 
-        return step
+    def build(self, cfg: Config) -> Run:
+        """Seed, then the LVIS splits, the detector and its loss (the same object the RoI heads use)."""
+        seed_everything(cfg.train.seed)
+        data = self.build_data(cfg)
+        model = self.build_model(cfg, data)
+        return Run(data, model, model.box_classification.loss)
 
-    def predict_and_score(self, trainer: Trainer, module: nn.Module, dataset: Any, desc: str) -> dict[str, Any]:
-        """LVIS bbox and segm metrics of ``module`` on ``dataset`` (``SEGM_KEYS`` + ``BBOX_KEYS``).
+    def describe_data(self, cfg: Config, data: DataSplits) -> str:
+        split = getattr(data, cfg.eval.split)
+        return (f"data {cfg.data.name}: {data.num_classes} categories, {len(data.train)} train images, "
+                f"{len(split) if split is not None else 0} {cfg.eval.split} images")
 
-        With N processes each predicts the shard ``dataset[rank::N]``; rank 0 gathers the (RLE-encoded)
-        results, evaluates and broadcasts the metrics."""
-        d = trainer.dist
-        shard = Subset(dataset, range(d.rank, len(dataset), d.world_size)) if d.enabled else dataset
-        loader = trainer._loader(shard, trainer.cfg["eval"]["batch_size"])
-        bbox, segm, img_ids = predict_lvis(module, loader, trainer.device, dataset.cat_ids, self.mask_threshold,
-                                           amp=trainer.cfg["train"]["amp"], amp_dtype=self.amp_dtype, desc=desc,
-                                           progress=d.is_main)
-        if d.enabled:
-            parts: list[Any] = [None] * d.world_size if d.is_main else None
-            dist.gather_object((bbox, segm, img_ids), parts, dst=0)
-            if d.is_main:
-                bbox, segm, img_ids = ([x for p in parts for x in p[i]] for i in range(3))
-        out: dict[str, Any] = {}
-        if d.is_main:
-            out.update(lvis_evaluate(dataset.gt, segm, "segm", self.max_dets, img_ids))
-            bbox_metrics = lvis_evaluate(dataset.gt, bbox, "bbox", self.max_dets, img_ids)
-            out.update({f"bbox_{k}": v for k, v in bbox_metrics.items()})
-            out["num_detections"] = len(bbox)
-        if d.enabled:
-            box = [out]
-            dist.broadcast_object_list(box, src=0)
-            out = box[0]
-        return out
+    def train_step(self, module: nn.Module, batch: Any, loss_fn: LTLoss, device: torch.device, amp: bool
+                   ) -> StepOutput:
+        """The loss dict of the detector (``loss_fn`` lives inside its RoI heads), summed; parts kept for logs."""
+        images, targets = batch
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [to_device(t, device) for t in targets]
+        with autocast(device, amp, self.amp_dtype):
+            losses = module(images, targets)
+        return StepOutput(sum(losses.values()), len(images), {k: v.detach() for k, v in losses.items()})
 
-    def evaluate(self, trainer: Trainer, stage: Stage, step: int, epoch: int) -> dict[str, Any]:
-        split, dataset = trainer.eval_split(stage)
-        report = self.predict_and_score(trainer, trainer.module(stage), dataset, f"eval {split}")
-        report.update(split=split, epoch=epoch, stage=stage.name, num_images=len(dataset),
-                      num_classes=int(dataset.num_classes),
-                      frequency_groups={f: dataset.frequency.count(f) for f in ("r", "c", "f")})
-        log.info("%s epoch %d  %s  %s", stage.name, epoch, split, summary_line(report))
-        if trainer.reporter is not None:
-            write_scalars(trainer.reporter, report, step)
-        return report
+    def inference_step(self, module: nn.Module, batch: Any, device: torch.device, amp: bool) -> Any:
+        with autocast(device, amp, self.amp_dtype):
+            return module([im.to(device, non_blocking=True) for im in batch[0]])
+
+    def inference_context(self, module: nn.Module) -> AbstractContextManager:
+        return compact_masks(module)
+
+    def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
+        return LVISEvaluator(dataset, self.mask_threshold, self.max_dets)
+
+    def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
+        log.info("%s epoch %d  %s  %s", ctx.stage, ctx.epoch, ctx.split, summary_line(report))
+        if ctx.reporter is not None:
+            write_scalars(ctx.reporter, report, ctx.step)
 
 
 def write_scalars(reporter: Any, report: Mapping[str, Any], step: int, prefix: str = "det") -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset, Subset
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,32 @@ def gather_shards(tensor: torch.Tensor, total: int) -> torch.Tensor:
     dist.all_gather(parts, padded.contiguous())
     stacked = torch.stack(parts, dim=1).reshape(per_rank * d.world_size, *tensor.shape[1:])
     return stacked[:total].to(tensor.device)
+
+
+def rank_shard(dataset: Dataset) -> Dataset:
+    """This process's shard ``dataset[rank::world]`` for evaluation (the whole dataset in one process); the
+    one sharding rule, undone by :func:`gather_shards` / :func:`gather_objects`."""
+    d = info()
+    return Subset(dataset, range(d.rank, len(dataset), d.world_size)) if d.enabled else dataset
+
+
+def gather_objects(items: list[Any]) -> list[Any] | None:
+    """Concatenate every rank's list on rank 0 (``None`` on the other ranks); the list itself in one process."""
+    d = info()
+    if not d.enabled:
+        return items
+    parts: list[Any] | None = [None] * d.world_size if d.is_main else None
+    dist.gather_object(items, parts, dst=0)
+    return [x for p in parts for x in p] if parts is not None else None
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info().enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def cleanup() -> None:

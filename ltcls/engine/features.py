@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ltcls.data import LTDataset
+from ltcls.data.base import LTDataset
 from ltcls.engine.distributed import info
 
 log = logging.getLogger("ltcls")

@@ -25,13 +25,14 @@ def autocast(device: torch.device, enabled: bool, dtype: str = "float16"):
     return nullcontext()
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, step_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
+def train_one_epoch(model: nn.Module, loader: DataLoader, step_fn: Callable[[nn.Module, Any], Any],
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, *,
                     scaler: torch.amp.GradScaler | None = None, clip_grad_norm: float | None = None,
-                    accum_steps: int = 1, log: Callable[[int, float, float], None] | None = None,
+                    accum_steps: int = 1, log: Callable[[int, float, float, dict[str, float]], None] | None = None,
                     log_interval: int = 10, desc: str = "train", step: int = 0) -> dict[str, float]:
-    """Train for one pass over ``loader``; ``step_fn(model, batch) -> (loss, n)`` computes a batch's loss
-    (see ``ltcls.engine.tasks``); ``log(step, loss, lr)`` is called every ``log_interval`` optimizer steps.
+    """Train for one pass over ``loader``; ``step_fn(model, batch)`` returns a ``StepOutput`` (``loss``,
+    ``num_samples``, named ``parts``; see ``ltcls.engine.tasks``); ``log(step, loss, lr, parts)`` is called
+    every ``log_interval`` optimizer steps.
 
     With ``accum_steps`` > 1 the gradients of that many micro-batches are averaged before each
     optimizer step (DDP synchronizes only on the last one); a trailing incomplete group is dropped.
@@ -47,7 +48,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step_fn: Callable[[nn.
             break
         last = (i + 1) % accum_steps == 0
         with model.no_sync() if (can_skip_sync and not last) else nullcontext():
-            loss, n = step_fn(model, batch)
+            out = step_fn(model, batch)
+            loss, n = out.loss, out.num_samples
             scaled = loss / accum_steps if accum_steps > 1 else loss
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         total_loss += loss.detach() * n  # stays on the device: no host sync on every step
@@ -71,9 +73,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step_fn: Callable[[nn.
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {step}; lower train.lr or check the data")
+            parts = {k: float(v) for k, v in out.parts.items()}
             if log is not None:
-                log(step, loss_value, lr)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}",
+                log(step, loss_value, lr, parts)
+            bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()}, lr=f"{lr:.3g}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}")
     total_loss = float(total_loss)
     if not math.isfinite(total_loss):

@@ -1,78 +1,185 @@
-"""What differs between tasks that share the Trainer: how a batch becomes a loss, how a stage is
-evaluated, and how samples are batched. Classification is the default task; the detection adapter
-provides another with the same three members."""
+"""What differs between tasks that share the Trainer: how a run is built, how a batch becomes a loss, how a
+split is evaluated and reported, and how samples are batched. A task is registered in ``TASKS``; a dataset's
+declaration names its task (classification unless it says otherwise), so the engine never asks which kind
+of run it is."""
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from ltcls.config import Config
+from ltcls.data.base import DataSplits
+from ltcls.data.build import build_data
+from ltcls.engine.evaluation import ClassificationEvaluator, DatasetEvaluator, EvalContext
 from ltcls.engine.loops import autocast
-from ltcls.losses import LTLoss
-from ltcls.losses.logit_adjusted import logit_adjust
-from ltcls.metrics import GROUPS, accuracy_report
-
-if TYPE_CHECKING:
-    from ltcls.engine.trainer import Stage, Trainer
+from ltcls.losses.base import LTLoss, build_loss
+from ltcls.metrics import GROUPS
+from ltcls.models.backbone import LTModel, create_backbone
+from ltcls.models.classifiers import build_classifier
+from ltcls.registries import TASKS, task_of
 
 log = logging.getLogger("ltcls")
 
-#: ``step(module, batch) -> (loss, number of samples)``
-StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
-class ClassificationTask:
+@dataclass
+class StepOutput:
+    """A training step's loss (what is back-propagated), its number of samples, and its named parts
+    (logged as ``train/<part>``; empty where the loss has a single term)."""
+
+    loss: torch.Tensor
+    num_samples: int
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Run(NamedTuple):
+    """What a task builds from a config: the data splits, the model and the stage-1 loss."""
+
+    data: DataSplits
+    model: nn.Module
+    loss: LTLoss
+
+
+class Task:
+    """Base of the tasks the Trainer runs. Subclasses set ``summary_keys`` and implement the methods."""
+
+    #: ``DataLoader`` collate function (``None``: PyTorch's default).
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    #: Report keys kept in the run's evaluation history and printed at the end.
+    summary_keys: tuple[str, ...] = ()
+    #: Columns of a stage-2 ``comparison.md`` and the metric they show.
+    comparison_keys: tuple[str, ...] = ()
+    metric_title = ""
+
+    def __init__(self, cfg: Config) -> None:
+        self.amp_dtype = cfg.train.amp_dtype
+
+    def build_data(self, cfg: Config) -> DataSplits:
+        raise NotImplementedError
+
+    def build_model(self, cfg: Config, data: DataSplits) -> nn.Module:
+        raise NotImplementedError
+
+    def build(self, cfg: Config) -> Run:
+        """Seed, then build the data splits, the model and the stage-1 loss of a run."""
+        raise NotImplementedError
+
+    def describe_data(self, cfg: Config, data: DataSplits) -> str:
+        """One log line about the data of a run."""
+        counts = data.class_counts
+        split = getattr(data, cfg.eval.split)
+        return (f"data {cfg.data.name}: {data.num_classes} classes, {len(data.train)} train images "
+                f"(max {counts.max()}, "
+                f"min {counts.min()} per class), {len(split) if split is not None else 0} {cfg.eval.split} images")
+
+    def train_step(self, module: nn.Module, batch: Any, loss_fn: LTLoss, device: torch.device, amp: bool
+                   ) -> StepOutput:
+        raise NotImplementedError
+
+    def inference_step(self, module: nn.Module, batch: Any, device: torch.device, amp: bool) -> Any:
+        raise NotImplementedError
+
+    def inference_context(self, module: nn.Module) -> AbstractContextManager:
+        """Wraps a whole inference pass (e.g. compact mask pasting for detection)."""
+        return nullcontext()
+
+    def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
+        raise NotImplementedError
+
+    def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
+        """Log a finished evaluation and write it to TensorBoard (``ctx.reporter``, main process only)."""
+        raise NotImplementedError
+
+
+def build_run(cfg: Config) -> Run:
+    """The data, model and stage-1 loss of a config, built by its task."""
+    return build_task(cfg).build(cfg)
+
+
+def build_task(cfg: Config) -> Task:
+    """The task of a config's dataset (see :func:`ltcls.registries.task_of`), built from the config."""
+    return TASKS.get(task_of(cfg.data.name))(cfg)
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
     """Images and integer labels; ``loss(module(images), labels)``; top-1 overall / many / medium / few."""
 
-    collate_fn = None
-    #: Report keys kept in the run's evaluation history.
     summary_keys = ("overall", *GROUPS)
+    comparison_keys = ("overall", *GROUPS)
+    metric_title = "top-1 (%)"
 
-    def __init__(self, amp_dtype: str = "float16", channels_last: bool = False) -> None:
-        self.amp_dtype = amp_dtype
-        self.channels_last = channels_last
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.channels_last = cfg.train.channels_last
 
-    def train_step(self, loss_fn: LTLoss, device: torch.device, amp: bool) -> StepFn:
-        memory_format = torch.channels_last if self.channels_last and device.type == "cuda" else None
+    def build_data(self, cfg: Config) -> DataSplits:
+        return build_data(cfg.data.to_dict())
 
-        def step(module: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-            images, labels = batch
-            images = images.to(device, non_blocking=True)
-            if memory_format is not None and images.ndim == 4:
-                images = images.contiguous(memory_format=memory_format)
-            labels = labels.to(device, non_blocking=True)
-            with autocast(device, amp, self.amp_dtype):
-                return loss_fn(module(images), labels), labels.shape[0]
+    def build_model(self, cfg: Config, data: DataSplits) -> LTModel:
+        return build_model(cfg, data.num_classes)
 
-        return step
+    def build(self, cfg: Config) -> Run:
+        seed_everything(cfg.train.seed)
+        data = self.build_data(cfg)
+        model = self.build_model(cfg, data)
+        loss = build_stage_loss(cfg, data)
+        loss.init_classifier(model.classifier)
+        return Run(data, model, loss)
 
-    def evaluate(self, trainer: Trainer, stage: Stage, step: int, epoch: int) -> dict[str, Any]:
-        """Top-1 on the eval split, logged and written to TensorBoard (the Trainer writes metrics.json)."""
-        e = trainer.cfg["eval"]
-        split, dataset = trainer.eval_split(stage)
-        logits, labels = trainer.predict_dataset(trainer.module(stage), dataset, desc=f"eval {split}")
-        preds = self.predictions(trainer, stage.loss, logits)
-        report = accuracy_report(preds.numpy(), labels.numpy(), trainer.class_counts, e["many_threshold"],
-                                 e["few_threshold"])
-        report.update(split=split, epoch=epoch, stage=stage.name, num_classes=int(len(trainer.class_counts)))
-        log.info("%s epoch %d  %s top-1 %s", stage.name, epoch, split,
+    def train_step(self, module: nn.Module, batch: Any, loss_fn: LTLoss, device: torch.device, amp: bool
+                   ) -> StepOutput:
+        images, labels = batch
+        images = images.to(device, non_blocking=True)
+        if self.channels_last and device.type == "cuda" and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp, self.amp_dtype):
+            return StepOutput(loss_fn(module(images), labels), labels.shape[0])
+
+    def inference_step(self, module: nn.Module, batch: Any, device: torch.device, amp: bool) -> torch.Tensor:
+        with autocast(device, amp, self.amp_dtype):
+            return module(batch[0].to(device, non_blocking=True))
+
+    def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
+        return ClassificationEvaluator(len(dataset), ctx)
+
+    def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
+        log.info("%s epoch %d  %s top-1 %s", ctx.stage, ctx.epoch, ctx.split,
                  "  ".join(f"{k} {_fmt(report[k])}" for k in ("overall", *GROUPS)))
-        if trainer.reporter is not None:
-            trainer.reporter.evaluation(report, step, classifier=getattr(trainer.model, "classifier", None),
-                                        many_threshold=e["many_threshold"], few_threshold=e["few_threshold"])
-        return report
+        if ctx.reporter is not None:
+            ctx.reporter.evaluation(report, ctx.step, classifier=getattr(ctx.model, "classifier", None),
+                                    many_threshold=ctx.many_threshold, few_threshold=ctx.few_threshold)
 
-    @staticmethod
-    def predictions(trainer: Trainer, loss: LTLoss, logits: torch.Tensor) -> torch.Tensor:
-        """Predicted classes: argmax of the loss's inference scores, after post-hoc logit adjustment if asked."""
-        tau = trainer.cfg["eval"]["logit_adjust_tau"]
-        if tau:
-            logits = logit_adjust(logits, trainer.class_counts, tau)
-        return loss.scores(logits).argmax(dim=1)
+
+def build_model(cfg: Config, num_classes: int) -> LTModel:
+    """Backbone (``timm.create_model(..., num_classes=0)``) + the configured classifier head."""
+    m = cfg.model
+    backbone = create_backbone(m.name, pretrained=m.pretrained, drop_rate=m.drop_rate,
+                               drop_path_rate=m.drop_path_rate, **m.kwargs)
+    classifier = build_classifier(cfg.classifier.name, backbone.num_features, num_classes, **cfg.classifier.params)
+    return LTModel(backbone, classifier)
+
+
+def build_stage_loss(cfg: Config, data: DataSplits) -> LTLoss:
+    """The configured loss with the data's runtime facts (number of classes, class counts)."""
+    return build_loss(cfg.loss.name, num_classes=data.num_classes, class_counts=data.class_counts.tolist(),
+                      **cfg.loss.params)
 
 
 def _fmt(x: float | None) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from ltcls.registry import Registry
-
-#: Runtime facts a loss constructor may take; the builder passes them, yaml never sets them.
-LOSSES = Registry("loss", runtime=("num_classes", "class_counts"))
+from ltcls.registries import LOSSES
 
 
 class LTLoss(nn.Module):
@@ -46,3 +45,9 @@ def as_counts(class_counts, num_classes: int | None = None) -> torch.Tensor:
     if num_classes is not None and counts.numel() != num_classes:
         raise ValueError(f"class_counts has {counts.numel()} entries but num_classes is {num_classes}")
     return counts
+
+
+def build_loss(name: str, num_classes: int | None = None, class_counts: Sequence[int] | None = None,
+               **hyperparams) -> LTLoss:
+    """Build a registered loss; runtime facts (``num_classes``, ``class_counts``) come from the data."""
+    return LOSSES.build(name, hyperparams, num_classes=num_classes, class_counts=class_counts)

@@ -9,10 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltcls.registry import Registry
-
-#: Runtime facts a classifier constructor may take; the builder passes them, yaml never sets them.
-CLASSIFIERS = Registry("classifier", runtime=("in_features", "num_classes"))
+from ltcls.registries import CLASSIFIERS
 
 
 @CLASSIFIERS.register("linear")

@@ -39,7 +39,7 @@ def crash(epoch: int, argv: list[str]) -> int:
 
 
 def seesaw(out_dir: Path) -> int:
-    from ltcls.losses import build_loss
+    from ltcls.losses.base import build_loss
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -1,5 +1,5 @@
-"""Inference-time rules shared by classification and detection (post-hoc logit adjustment is
-``ltcls.losses.logit_adjusted.logit_adjust``)."""
+"""Dual-head inference: how the scores of a stage-1 head and a stage-2 (calibrated) head combine (SimCal's
+'sel' rule), for classification and detection alike."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from ltcls.data.base import DATASETS, ArrayDataset, DataSplits
-from ltcls.data.profiles import lt_counts, select_lt
+from ltcls.data.tools.profiles import lt_counts, select_lt
 
 logger = logging.getLogger(__name__)
 

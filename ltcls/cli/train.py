@@ -1,4 +1,8 @@
-"""Command-line entry points (argparse only; no training logic here)."""
+"""``ltcls-train``: argparse, config resolution and the run directory; the engine does the training.
+
+Only the torch-free layers (config, registries, stage-2 presets, plug-in declarations) are imported at module
+level, so ``--help`` and config errors answer without importing torch; the engine is imported once a run
+starts (see :func:`train_main`)."""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ltcls import config as C
+from ltcls.plugins import load_plugins
+from ltcls.registries import METHODS
+from ltcls.stage2.presets import describe_methods, finished_run_config, stage2_base_config
 
 log = logging.getLogger("ltcls")
 
-STAGE2_METHODS = ("crt", "lws", "tau_norm", "ncm", "gumbel", "simcal")
+CHECKPOINT = "checkpoint.pt"  # ltcls.engine.trainer.CHECKPOINT (not imported: the engine imports torch)
 
 TRAIN_DESCRIPTION = """\
 Train a long-tailed classifier and report top-1 overall / many / medium / few-shot accuracy.
@@ -37,23 +44,20 @@ stage 2 (--stage2 METHOD): loads the finished stage-1 run (its config.yaml and c
 the backbone (parameters and BatchNorm statistics) and runs METHOD; output goes to
 RUN_DIR/stage2_METHOD/ unless --work-dir is given. Methods and their presets (applied on top of the
 stage-1 config, before --set):
-  crt       re-initialized classifier, class-balanced sampler, CE, 10 epochs, cosine
-  lws       stage-1 W, b frozen + learnable per-class scales, class-balanced sampler, CE, 5 epochs
-  tau_norm  no training; tau swept over stage2.tau_grid, chosen on stage2.tau_split (val)
-  ncm       no training; nearest class mean of the backbone features
-  gumbel    stage-1 classifier re-trained with the Gumbel loss, instance sampler, lr 1e-4, 15 epochs
-  simcal    detection (lvis) runs: SimCal calibration of the box classifier with bi-level sampling on the
-            frozen Mask R-CNN, dual-head evaluation (T = stage2.dual_head_threshold, 300)
+{methods}
 Feature cache (stage2.cache_features): on by default for tau_norm / ncm (exact); an option for
 crt / lws / gumbel (trains on features of eval-transformed images, or stage2.cache_views augmented
 views, instead of fresh augmentations every epoch: much faster, slightly different).
+
+Every component's parameters: ltcls-train --list-params
 """
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ltcls-train", description=TRAIN_DESCRIPTION,
-        epilog=TRAIN_EXAMPLES + "\n" + C.describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    load_plugins()
+    epilog = TRAIN_EXAMPLES.format(methods=describe_methods()) + "\n" + C.describe()
+    parser = argparse.ArgumentParser(prog="ltcls-train", description=TRAIN_DESCRIPTION, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="yaml config (sections: data, model, classifier, loss, sampler, train, eval)")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
@@ -63,11 +67,13 @@ def build_train_parser() -> argparse.ArgumentParser:
                         help="run directory (default: runs/<config file name without .yaml>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the work dir from its last checkpoint (same config)")
-    parser.add_argument("--stage2", metavar="METHOD", choices=STAGE2_METHODS,
-                        help=f"run a decoupled second stage on a finished run: {', '.join(STAGE2_METHODS)}")
+    parser.add_argument("--stage2", metavar="METHOD", choices=METHODS.names(),
+                        help=f"run a decoupled second stage on a finished run: {', '.join(METHODS.names())}")
     parser.add_argument("--from", dest="from_run", metavar="RUN_DIR",
                         help="with --stage2: the stage-1 run directory (default: the run of --config)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--list-params", action="store_true",
+                        help="list every registered component's parameters and defaults, and exit")
     return parser
 
 
@@ -104,10 +110,8 @@ def _diff(a: dict, b: dict, path: str = "") -> list[str]:
     return out
 
 
-def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[dict, Path]:
+def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[C.Config, Path]:
     """Resolved config and run directory, refusing to overwrite an existing run."""
-    from ltcls.engine import CHECKPOINT
-
     if args.stage2:
         cfg, work_dir = _resolve_stage2(args, parser)
     else:
@@ -115,15 +119,15 @@ def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             _fail(parser, "--from needs --stage2 METHOD")
         if args.config is None and not (args.resume and args.work_dir):
             _fail(parser, "--config is required (or --resume with --work-dir)")
-        cfg = C.resolve(C.load_yaml(args.config), args.overrides, source=args.config) if args.config else None
+        cfg = C.load(args.config, args.overrides) if args.config else None
         work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / Path(args.config).stem
     ckpt = work_dir / CHECKPOINT
     if args.resume:
         if not ckpt.is_file():
             _fail(parser, f"--resume: no checkpoint at {ckpt}; start the run without --resume")
-        saved = C.resolve(C.load_yaml(work_dir / "config.yaml"), source=str(work_dir / "config.yaml"))
+        saved = C.load(work_dir / "config.yaml")
         if cfg is not None and cfg != saved:
-            changes = "\n  ".join(_diff(saved, cfg))
+            changes = "\n  ".join(_diff(saved.to_dict(), cfg.to_dict()))
             _fail(parser, f"--resume: the config differs from the run's {work_dir / 'config.yaml'}:\n  {changes}")
         return saved, work_dir
     for existing in (ckpt, work_dir / "metrics.json"):
@@ -133,9 +137,7 @@ def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
     return cfg, work_dir
 
 
-def _resolve_stage2(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[dict, Path]:
-    from ltcls.engine.stage2 import stage2_base_config
-
+def _resolve_stage2(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[C.Config, Path]:
     if args.from_run:
         stage1_dir = Path(args.from_run)
     elif args.config:
@@ -146,8 +148,13 @@ def _resolve_stage2(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if not stage1_cfg_file.is_file():
         _fail(parser, f"--stage2: no stage-1 run at {stage1_dir} ({stage1_cfg_file.name} missing); train it first"
                       + (f" with ltcls-train --config {args.config}" if args.config and not args.from_run else ""))
-    stage1_cfg = C.resolve(C.load_yaml(stage1_cfg_file), source=str(stage1_cfg_file))
+    stage1_cfg = C.load(stage1_cfg_file)
     base = stage2_base_config(stage1_cfg, args.stage2, stage1_dir)
+    if not args.print_config:
+        try:
+            finished_run_config(stage1_dir)
+        except FileNotFoundError as e:
+            _fail(parser, f"--stage2: {e}")
     cfg = C.resolve(base, args.overrides, source=str(stage1_cfg_file))
     work_dir = Path(args.work_dir) if args.work_dir else stage1_dir / f"stage2_{args.stage2}"
     return cfg, work_dir
@@ -157,6 +164,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """``ltcls-train``: end-to-end training, or a decoupled second stage with ``--stage2``."""
     parser = build_train_parser()
     args = parser.parse_args(argv)
+    if args.list_params:
+        sys.stdout.write(C.describe(components=True) + "\n")
+        return 0
     try:
         cfg, work_dir = resolve_run(args, parser)
     except C.ConfigError as e:
@@ -164,11 +174,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(C.dump(cfg))
         return 0
-    from ltcls.engine import Stage, Trainer, build_run, build_task
-    from ltcls.engine.distributed import cleanup, init_distributed
-    from ltcls.reporting import Reporter
+    # The engine (torch, timm, torchvision, matplotlib) is imported only now that a run starts.
+    from ltcls.engine import Stage, Trainer, build_task  # lazy: see the module docstring
+    from ltcls.engine.distributed import cleanup, init_distributed  # lazy: as above
+    from ltcls.reporting import Reporter  # lazy: as above
+    from ltcls.stage2.runner import run_stage2  # lazy: as above
 
-    dist = init_distributed(cfg["train"]["device"])
+    dist = init_distributed(cfg.train.device)
     if dist.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         if not args.resume:
@@ -180,30 +192,21 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         reporter.config(C.dump(cfg))
     try:
         if args.stage2:
-            from ltcls.engine.stage2 import run_stage2
-
-            report = run_stage2(cfg, Path(cfg["stage2"]["from_run"]), work_dir, reporter, resume=args.resume)
-            keys = build_task(cfg).summary_keys if args.stage2 == "simcal" else ("overall", "many", "medium", "few")
+            report, task = run_stage2(cfg, work_dir, reporter, resume=args.resume)
         else:
-            data, model, loss = build_run(cfg)
-            _log_data(cfg, data)
-            trainer = Trainer(model, data, cfg, work_dir, reporter, task=build_task(cfg))
-            report = trainer.fit([Stage("stage1", loss, cfg["train"], cfg["sampler"])], resume=args.resume)
-            keys = trainer.task.summary_keys
+            task = build_task(cfg)
+            run = task.build(cfg)
+            log.info("%s", task.describe_data(cfg, run.data))
+            trainer = Trainer(run.model, run.data, cfg, work_dir, task, reporter)
+            report = trainer.fit([Stage("stage1", run.loss, cfg.train, cfg.sampler)], resume=args.resume)
     finally:
         if reporter is not None:
             reporter.close()
         cleanup()
-    summary = " | ".join(f"{k} {report[k]:.2f}" if report.get(k) is not None else f"{k} n/a" for k in keys)
+    summary = " | ".join(f"{k} {report[k]:.2f}" if report.get(k) is not None else f"{k} n/a"
+                         for k in task.summary_keys)
     log.info("done: %s %s -> %s", report.get("split"), summary, work_dir / "metrics.json")
     return 0
-
-
-def _log_data(cfg: dict, data) -> None:
-    counts = data.class_counts
-    log.info("data %s: %d classes, %d train images (max %d, min %d per class), %d %s images",
-             cfg["data"]["name"], data.num_classes, len(data.train), counts.max(), counts.min(),
-             len(getattr(data, cfg["eval"]["split"]) or []), cfg["eval"]["split"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,5 +217,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return train_main(argv)
 
 
-if __name__ == "__main__":  # python -m ltcls.cli [train] ...
+if __name__ == "__main__":  # python -m ltcls.cli.train ...
     sys.exit(main())

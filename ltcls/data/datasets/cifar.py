@@ -11,7 +11,7 @@ import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from ltcls.data.base import DATASETS, ArrayDataset, DataSplits
-from ltcls.data.profiles import lt_counts, select_lt
+from ltcls.data.tools.profiles import lt_counts, select_lt
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,84 @@
+"""Hooks (detectron2's ``HookBase`` idea): what happens around the training loop without the loop knowing.
+
+The Trainer calls ``before_stage``, ``after_step`` (every ``train.log_interval`` optimizer steps),
+``after_epoch`` and ``after_stage`` on each hook in order. Evaluation, checkpoints and TensorBoard writing
+are hooks; a stage-2 method or a plug-in can add its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ltcls.engine.stage import LoopState, Stage
+
+#: The running ``ltcls.engine.trainer.Trainer`` (not imported: the Trainer imports the hooks).
+Trainer = Any
+
+log = logging.getLogger("ltcls")
+
+
+class HookBase:
+    """No-op base; override what you need. ``trainer`` is the running Trainer."""
+
+    def before_stage(self, trainer: Trainer, stage: Stage, state: LoopState) -> None:
+        pass
+
+    def after_step(self, trainer: Trainer, stage: Stage, step: int, loss: float, lr: float,
+                   parts: dict[str, float]) -> None:
+        pass
+
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+        pass
+
+    def after_stage(self, trainer: Trainer, stage: Stage, state: LoopState) -> None:
+        pass
+
+
+class EpochLogHook(HookBase):
+    """One log line per epoch: loss, lr, throughput, time."""
+
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+        log.info("%s epoch %d/%d  loss %.4f  lr %.4g  %.0f img/s  (%.1fs)", stage.name, state.epoch, stage.train.epochs,
+                 stats["loss"], state.optimizer.param_groups[0]["lr"], stats["images_per_s"], stats["seconds"])
+
+
+class TensorBoardHook(HookBase):
+    """``train/loss``, ``train/lr`` and every loss part as ``train/<part>`` each logged step; the epoch's mean
+    loss and throughput each epoch."""
+
+    def __init__(self, reporter: Any) -> None:
+        self.reporter = reporter
+
+    def after_step(self, trainer: Trainer, stage: Stage, step: int, loss: float, lr: float,
+                   parts: dict[str, float]) -> None:
+        self.reporter.scalar("train/loss", loss, step)
+        self.reporter.scalar("train/lr", lr, step)
+        for name, value in parts.items():
+            self.reporter.scalar(f"train/{name}", value, step)
+
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+        self.reporter.scalar("train/epoch_loss", stats["loss"], state.step)
+        self.reporter.scalar("train/images_per_s", stats["images_per_s"], state.step)
+
+
+class EvalHook(HookBase):
+    """Evaluate every ``interval`` epochs (0: only at the end) and once after each stage (the final report,
+    written to metrics.json by the Trainer)."""
+
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+        if self.interval and state.epoch % self.interval == 0 and state.epoch < stage.train.epochs:
+            trainer.evaluate(stage, state.step, epoch=state.epoch)
+
+    def after_stage(self, trainer: Trainer, stage: Stage, state: LoopState) -> None:
+        trainer.final_report = trainer.evaluate(stage, state.step, epoch=state.epoch, final=True)
+
+
+class CheckpointHook(HookBase):
+    """Write RUN_DIR/checkpoint.pt (atomically) after every epoch, from the main process."""
+
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+        trainer.save_checkpoint(stage, state)
