@@ -129,7 +129,7 @@ def test_state_dict_round_trip(targets):
 
 
 def test_validation_and_registry():
-    assert set(SAMPLERS.names()) >= {"instance", "class_balanced", "sqrt", "power", "progressive"}
+    assert set(SAMPLERS.names()) >= {"instance", "class_balanced", "sqrt", "power", "progressive", "class_aware"}
     assert all(issubclass(SAMPLERS.get(n), LTSampler) for n in SAMPLERS.names())
     with pytest.raises(ValueError, match="rank"):
         build_sampler({"name": "instance"}, [0, 1], seed=0, epochs=1, num_replicas=2, rank=2)
