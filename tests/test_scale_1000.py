@@ -128,7 +128,7 @@ def test_gol_clamp_zeroes_the_gradient_of_a_softmax_head_at_100_and_1000_classes
         clamped.backward()
         unclamped = build_loss("gumbel", clamp_max=None)(logits, y[keep])
         assert clamped.item() == 20.0 and torch.count_nonzero(logits.grad) == 0
-        assert unclamped > 3 * 20 * c / 100  # measured: ~90 per sample at C = 100, ~900 at C = 1000
+        assert unclamped > 3 * 20 * c / 100  # measured here: 88 per sample at C = 100, 717 at C = 1000
 
 
 def test_gol_init_alone_does_not_escape_the_clamp_with_wide_relu_features():
