@@ -38,7 +38,7 @@ for _name, _module in {
 }.items():
     DATASETS.declare(_name, f"ltcls.data.datasets.{_module}")
 
-for _name in ("instance", "power", "class_balanced", "sqrt", "progressive", "repeat_factor"):
+for _name in ("instance", "power", "class_balanced", "sqrt", "progressive", "class_aware", "repeat_factor"):
     SAMPLERS.declare(_name, "ltcls.data.samplers")
 
 for _name, _module in {"linear": "classifiers", "normalized": "classifiers", "tau_norm": "decoupled",
@@ -55,15 +55,18 @@ for _name, _module in {
 TASKS.declare("classification", "ltcls.engine.tasks")
 
 _SHORT = {"schedule": "cosine", "warmup_epochs": 0}
+#: Kang et al.'s cRT / LWS sampler (classifier-balancing's ClassAwareSampler, num_samples_cls 4): an epoch is
+#: max class count x C samples (ImageNet-LT: 1280 x 1000; 11x the instance epoch, Places-LT 29x).
+_CLASS_AWARE = {"name": "class_aware", "num_samples_cls": 4}
 METHODS.declare(
     "crt", "ltcls.stage2.methods", task="classification",
-    summary="re-initialized classifier, class-balanced sampler, CE, 10 epochs, cosine",
+    summary="re-initialized classifier, class-aware sampler (4 per class; epoch = max count x C), CE, 10 epochs",
     # Kang et al.: cRT 10 epochs, LWS 5 epochs, both with class-balanced sampling and a cosine schedule.
-    preset={"loss": {"name": "ce"}, "sampler": {"name": "class_balanced"}, "train": {"epochs": 10, **_SHORT}})
+    preset={"loss": {"name": "ce"}, "sampler": _CLASS_AWARE, "train": {"epochs": 10, **_SHORT}})
 METHODS.declare(
     "lws", "ltcls.stage2.methods", task="classification",
-    summary="stage-1 W, b frozen + learnable per-class scales, class-balanced sampler, CE, 5 epochs",
-    preset={"classifier": {"name": "lws"}, "loss": {"name": "ce"}, "sampler": {"name": "class_balanced"},
+    summary="stage-1 W, b frozen + learnable per-class scales, class-aware sampler, CE, 5 epochs",
+    preset={"classifier": {"name": "lws"}, "loss": {"name": "ce"}, "sampler": _CLASS_AWARE,
             "train": {"epochs": 5, **_SHORT}})
 METHODS.declare(
     "tau_norm", "ltcls.stage2.methods", task="classification",
@@ -75,12 +78,12 @@ METHODS.declare(
     preset={"classifier": {"name": "ncm"}})
 METHODS.declare(
     "gumbel", "ltcls.stage2.methods", task="classification",
-    summary="stage-1 classifier re-trained with the Gumbel loss, instance sampler, lr 1e-4, 15 epochs",
-    # GOL Table 4: the classifier re-trained with the Gumbel loss, random sampling, lr 1e-4 for 15 epochs
-    # (CIFAR-100-LT; 1e-5 for 10 epochs on ImageNet-LT / Places-LT).
-    preset={"loss": {"name": "gumbel"}, "sampler": {"name": "instance"}, "train": {"epochs": 15, "lr": 1e-4, **_SHORT}})
-
-
-def task_of(data_name: str) -> str:
-    """The task that trains on the dataset ``data_name`` (its declaration's ``task``; classification by default)."""
-    return DATASETS.meta(data_name).get("task", "classification")
+    summary="stage-1 classifier fine-tuned with the unclamped Gumbel loss, instance sampler; lr 1e-4 x 15 epochs "
+            "(ImageNet-LT / Places-LT: 1e-5 x 10)",
+    # GOL Sec. 5: only the classifier is re-trained, random sampling, lr 1e-4 for 15 epochs on CIFAR-100-LT,
+    # 1e-5 for 10 epochs on ImageNet-LT / Places-LT. The loss is GOL's Gumbel without its clamp at 20
+    # (ltcls.losses.gumbel.DECOUPLED_GUMBEL): summed over C classes, a softmax-trained head's loss is ~90 per
+    # sample at C = 100 and ~900 at C = 1000, so the clamped loss has zero gradient and trains nothing.
+    preset={"loss": {"name": "gumbel", "clamp_max": None}, "sampler": {"name": "instance"},
+            "train": {"epochs": 15, "lr": 1e-4, **_SHORT}},
+    preset_by_dataset={name: {"train": {"epochs": 10, "lr": 1e-5}} for name in ("imagenet_lt", "places_lt")})

@@ -138,28 +138,36 @@ def test_seesaw_path_gives_the_registry_loss_on_captured_logits():
     assert loss.cum_samples.sum() == labels.numel() and (labels == 0).any() and (labels > 0).any()
 
 
-def test_gumbel_path_is_gol_box_head_loss_and_init():
+def test_gumbel_path_is_gol_gumbel_ce_with_a_background_channel():
+    """GOL's GumbelCE (plain Gumbel, Table 1): C+1 channels, background RoIs train the background channel with
+    target 1 inside the summed, clamped loss; computed here in GOL's own layout (mmdetection: background last)."""
     model = tiny_detector("gumbel")
     cls = model.roi_heads.box_predictor.cls_score
-    assert cls.weight.shape[0] == NUM_CLASSES  # no background logit
-    assert torch.all(cls.weight == 0.001) and torch.all(cls.bias == -2.0)  # GOL's init
+    assert cls.weight.shape[0] == NUM_CLASSES + 1  # a background channel
+    assert torch.all(cls.weight == 0.001) and torch.all(cls.bias == -2.0)  # GOL's init, background channel too
     seen = capture(model)
     model.train()
     losses = model(*batch())
-    z = seen["logits"][:, 1:]  # packed with a zero column in front
-    assert torch.all(seen["logits"][:, 0] == 0)
-    labels = seen["labels"]
-    target = torch.zeros_like(z)
-    fg = labels > 0
-    target[fg, labels[fg] - 1] = 1.0  # background rows: all zeros
-    p = torch.exp(-torch.exp(-z.clamp(-4, 10)))  # GOL's activation, independently
-    expected = F.binary_cross_entropy(p, target, reduction="sum") / len(z)
-    assert torch.allclose(losses["loss_classifier"], expected.clamp(0, 20), atol=1e-5)
-    # On foreground-only RoIs it is the registry 'gumbel' loss itself.
+    logits, labels = seen["logits"], seen["labels"]
+    assert logits.shape[1] == NUM_CLASSES + 1 and (labels == 0).any() and (labels > 0).any()
+    # GOL's layout: classes 0..C-1, background channel C; one-hot over C+1 channels, background -> channel C.
+    gol_logits = torch.cat([logits[:, 1:], logits[:, :1]], dim=1)
+    gol_labels = torch.where(labels > 0, labels - 1, NUM_CLASSES)
+    target = F.one_hot(gol_labels, NUM_CLASSES + 1).float()
+    p = 1 / torch.exp(torch.exp(-gol_logits.clamp(-4, 10)))  # GOL's activation, as written there
+    expected = (F.binary_cross_entropy(p, target, reduction="sum") / len(labels)).clamp(0, 20)
+    assert torch.allclose(losses["loss_classifier"], expected, atol=1e-5)
+    # Not the C-channel version with all-zero background rows (what ltcls did before).
+    no_bg = F.binary_cross_entropy(p[:, :NUM_CLASSES], target[:, :NUM_CLASSES], reduction="sum") / len(labels)
+    assert not torch.allclose(expected, no_bg.clamp(0, 20), atol=1e-3)
+    # One source for the reduction: the adapter's loss is the registry 'gumbel' loss on the packed logits.
     reg = model.box_classification.loss
-    packed = F.pad(z[fg], (1, 0))
-    assert torch.allclose(model.box_classification.losses(packed, labels[fg])["loss_classifier"],
-                          reg(z[fg], labels[fg] - 1), atol=1e-6)
+    assert torch.equal(model.box_classification.losses(logits, labels)["loss_classifier"], reg(logits, labels))
+    # Above the clamp the loss is the clamp and has no gradient (GOL's torch.clamp).
+    big = torch.full_like(logits, 8.0).requires_grad_()  # 3 non-target channels x ~8 per RoI > 20
+    out = model.box_classification.losses(big, labels)["loss_classifier"]
+    out.backward()
+    assert out.item() == 20.0 and torch.all(big.grad == 0)
 
 
 def test_gumbel_drop_path_gives_the_registry_loss_in_its_label_convention():
@@ -191,7 +199,7 @@ def test_inference_scores_follow_each_rule():
         logits = torch.randn(2, width, generator=torch.Generator().manual_seed(0)) * 3
         if loss.startswith("gumbel"):
             logits = logits / 6
-            logits[:, 0] = 0.0
+            logits[:, 0] = 0.0 if loss == "gumbel_drop" else 3.0  # gumbel: a confident background channel
             logits[0, 1:3] = 4.0  # two classes both very likely: Gumbel scores ~0.98 each, softmax would halve them
         (boxes,), (scores,), (labels,) = rh.postprocess_detections(logits, box_regression, proposals, [(64, 64)])
         if loss == "ce":
@@ -201,7 +209,9 @@ def test_inference_scores_follow_each_rule():
             expected = torch.cat([obj[:, :1], logits[:, :NUM_CLASSES].softmax(-1) * obj[:, 1:]], dim=1)
             assert torch.allclose(expected.sum(1), torch.ones(2))
         else:
-            expected = F.pad(gumbel_probs(logits[:, 1:]), (1, 0))
+            # gumbel: Gumbel probabilities of every channel, the background channel (column 0) dropped, not used;
+            # gumbel_drop: no background logit (its packed column 0 is padding).
+            expected = gumbel_probs(logits) if loss == "gumbel" else F.pad(gumbel_probs(logits[:, 1:]), (1, 0))
             assert scores.max() > 0.9 and (scores > 0.9).sum() == 2
         roi = (boxes[:, 0] > 35).long()  # which proposal each detection came from
         assert torch.allclose(scores, expected[roi, labels], atol=1e-6), loss

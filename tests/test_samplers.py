@@ -129,7 +129,7 @@ def test_state_dict_round_trip(targets):
 
 
 def test_validation_and_registry():
-    assert set(SAMPLERS.names()) >= {"instance", "class_balanced", "sqrt", "power", "progressive"}
+    assert set(SAMPLERS.names()) >= {"instance", "class_balanced", "sqrt", "power", "progressive", "class_aware"}
     assert all(issubclass(SAMPLERS.get(n), LTSampler) for n in SAMPLERS.names())
     with pytest.raises(ValueError, match="rank"):
         build_sampler({"name": "instance"}, [0, 1], seed=0, epochs=1, num_replicas=2, rank=2)
@@ -149,3 +149,96 @@ def test_empty_classes_are_never_drawn():
     np.testing.assert_allclose(probs, [0.5, 0.0, 0.5])
     drawn = np.asarray([0, 0, 0, 2])[sampler.global_indices(0).numpy()]
     assert 1 not in drawn
+
+
+# ----------------------------------------------------------------------------------------- class-aware (Kang)
+
+SMALL = np.array([40, 17, 9, 5, 1, 0, 3])  # class 5 has no samples
+
+
+@pytest.fixture(scope="module")
+def small_targets() -> np.ndarray:
+    return np.random.default_rng(2).permutation(np.repeat(np.arange(len(SMALL)), SMALL))
+
+
+@pytest.mark.parametrize("s", [1, 4, 3])
+def test_class_aware_epoch_runs_and_frequencies(small_targets, s):
+    sampler = build_sampler({"name": "class_aware", "num_samples_cls": s}, small_targets, seed=0, epochs=1)
+    present = int((SMALL > 0).sum())
+    assert len(sampler) == SMALL.max() * present == 240  # max_class_count * C, not N
+    seq = sampler.global_indices(0).numpy()
+    labels = small_targets[seq]
+    assert len(seq) == 240
+    # Runs of s consecutive images of one class (the last run may be cut by the epoch length).
+    runs = [labels[i:i + s] for i in range(0, len(labels), s)]
+    assert all(len(set(r.tolist())) == 1 for r in runs)
+    # Classes cycle through shuffled passes: every class equally often (to within one run per pass boundary).
+    counts = np.bincount(labels, minlength=len(SMALL))
+    assert counts[5] == 0
+    assert counts[SMALL > 0].max() - counts[SMALL > 0].min() <= s
+    # Each pass over the classes is a permutation of the present classes.
+    picks = labels[::s][: (len(runs) // present) * present].reshape(-1, present)
+    assert all(sorted(row.tolist()) == [0, 1, 2, 3, 4, 6] for row in picks)
+
+
+def test_class_aware_cycles_within_a_class(small_targets):
+    """A class's images are drawn in shuffled passes: no image repeats before all of its class were drawn."""
+    sampler = build_sampler({"name": "class_aware", "num_samples_cls": 4}, small_targets, seed=1, epochs=1)
+    seq = sampler.global_indices(0).numpy()
+    for c, n in enumerate(SMALL):
+        if n == 0:
+            continue
+        drawn = seq[small_targets[seq] == c]
+        full = (len(drawn) // n) * n
+        passes = drawn[:full].reshape(-1, n)
+        members = sorted(np.where(small_targets == c)[0].tolist())
+        assert all(sorted(p.tolist()) == members for p in passes), c
+    first_passes = [seq[small_targets[seq] == 0][:40], seq[small_targets[seq] == 0][40:80]]
+    assert not np.array_equal(*first_passes)  # reshuffled at every pass
+
+
+def test_class_aware_imagenet_lt_epoch_length():
+    """Kang's cRT epoch on ImageNet-LT-shaped counts (Pareto, 1280 ... 5): max * C draws, ~11x the dataset."""
+    from ltcls.data.tools.make_split import pareto_counts
+
+    counts = np.asarray(pareto_counts(1000))
+    targets = np.repeat(np.arange(1000), counts)
+    sampler = build_sampler({"name": "class_aware"}, targets, seed=0, epochs=10)
+    assert len(sampler) == 1280 * 1000
+    assert len(sampler) / len(targets) > 8
+    labels = targets[sampler.global_indices(0).numpy()]
+    np.testing.assert_array_less(np.abs(np.bincount(labels, minlength=1000) - 1280), 5)
+
+
+@pytest.mark.parametrize("num_replicas", [2, 3])
+def test_class_aware_rank_shards_partition_the_global_order(small_targets, num_replicas):
+    single = build_sampler({"name": "class_aware", "num_samples_cls": 4}, small_targets, seed=5, epochs=4)
+    single.set_epoch(2)
+    glob = single.global_indices(2).tolist()
+    assert list(single) == glob
+    shards = []
+    for rank in range(num_replicas):
+        sampler = build_sampler({"name": "class_aware", "num_samples_cls": 4}, small_targets, seed=5, epochs=4,
+                                num_replicas=num_replicas, rank=rank)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+        assert len(shards[-1]) == math.ceil(240 / num_replicas)
+    pad = len(shards[0]) * num_replicas - 240
+    assert [shard[i] for i in range(len(shards[0])) for shard in shards] == glob + glob[:pad]
+
+
+def test_class_aware_determinism_and_state(small_targets):
+    cfg = {"name": "class_aware", "num_samples_cls": 4}
+    a = build_sampler(cfg, small_targets, seed=7, epochs=3)
+    b = build_sampler(cfg, small_targets, seed=7, epochs=3)
+    c = build_sampler(cfg, small_targets, seed=8, epochs=3)
+    assert torch.equal(a.global_indices(1), b.global_indices(1))
+    assert not torch.equal(a.global_indices(1), a.global_indices(2))
+    assert not torch.equal(a.global_indices(1), c.global_indices(1))
+    a.set_epoch(2)
+    state = a.state_dict()
+    assert state == {"epoch": 2, "seed": 7, "num_samples_cls": 4}
+    c.load_state_dict(state)
+    assert list(c) == list(a)
+    with pytest.raises(ValueError, match="num_samples_cls"):
+        build_sampler({"name": "class_aware", "num_samples_cls": 0}, small_targets, seed=0, epochs=1)

@@ -7,8 +7,11 @@ become detection scores (column 0 background, as torchvision's post-processing e
 * ``ce``: C+1 logits, softmax cross-entropy (torchvision's default), softmax scores;
 * ``seesaw_det``: C class logits and 2 objectness logits (background, foreground) from one classifier
   (mmdetection's C+2 channel ``NormedLinear`` fc_cls), scores ``softmax(classes) * softmax(objectness)[fg]``;
-* ``gumbel`` / ``gumbel_drop``: C logits, no background logit (GOL); a background RoI is all-zero
-  targets; scores are Gumbel probabilities, not renormalized.
+* ``gumbel``: C+1 logits, column 0 a background channel (GOL's ``GumbelCE``, their Table 1: background RoIs
+  train it with target 1, inside the summed, clamped loss); scores are Gumbel probabilities, not renormalized,
+  and the background channel's score is dropped by post-processing (GOL: mmdetection's NMS drops that column);
+* ``gumbel_drop``: C logits, no background logit (GOL's DropLoss head); a background RoI is all-zero
+  targets; scores as ``gumbel``.
 
 The classifier output goes through torchvision's ``RoIHeads.forward`` as its ``class_logits``;
 torchvision computes a cross-entropy on it that :class:`~ltcls.detection.model.LTRoIHeads` discards, so
@@ -25,7 +28,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from ltcls.losses.base import LTLoss
-from ltcls.losses.gumbel import gumbel_bce, gumbel_probs
+from ltcls.losses.gumbel import gumbel_probs
 from ltcls.losses.seesaw_det import seesaw_det_scores
 from ltcls.registry import Registry
 
@@ -96,7 +99,32 @@ class SeesawClassification(BoxClassification):
 
 
 class GumbelActivationClassification(BoxClassification):
-    """C logits without a background logit (GOL); packed with a zero column in front for torchvision."""
+    """Scores are Gumbel probabilities of every column (GOL's ``get_activation``: no softmax, rows do not sum to 1)."""
+
+    def scores(self, packed: torch.Tensor) -> torch.Tensor:
+        return gumbel_probs(packed)
+
+
+@BOX_CLASSIFICATIONS.register("gumbel")
+class GumbelClassification(GumbelActivationClassification):
+    """GOL's ``GumbelCE`` box loss (plain Gumbel, GOL Table 1): C+1 channels, the background one included.
+
+    Column 0 is the background channel (torchvision's layout; mmdetection's puts it last), so torchvision's
+    sampled labels (0 = background, 1..C) are the loss's one-hot targets as they are: a background RoI trains
+    the background channel with target 1. The loss is the registry ``gumbel`` loss itself (its reduction and
+    clamp: BCE summed over N x (C+1), divided by N, clamped to [0, clamp_max]), as GOL's box head reduces
+    ``GumbelCE``. At test time the background channel's Gumbel probability is column 0 of the scores, which
+    post-processing drops; the class scores are not divided by or multiplied with it (GOL).
+    """
+
+    def losses(self, packed: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss_classifier": self.loss(packed, labels)}
+
+
+@BOX_CLASSIFICATIONS.register("gumbel_drop")
+class GumbelDropClassification(GumbelActivationClassification):
+    """The registry ``gumbel_drop`` loss on C logits without a background logit (GOL's DropLoss head), in its
+    own label convention (0..C-1, background = C); packed with a zero column in front for torchvision."""
 
     extra_outputs = 0
 
@@ -107,36 +135,14 @@ class GumbelActivationClassification(BoxClassification):
     def pack(self, logits: torch.Tensor) -> torch.Tensor:
         return F.pad(logits, (1, 0))
 
-    def scores(self, packed: torch.Tensor) -> torch.Tensor:
-        """Gumbel probabilities of the C classes (no softmax, rows do not sum to 1); background column 0."""
-        return F.pad(gumbel_probs(packed[:, 1:]), (1, 0))
-
-
-@BOX_CLASSIFICATIONS.register("gumbel")
-class GumbelClassification(GumbelActivationClassification):
-    """GOL's Gumbel loss on C channels: a background RoI has all-zero targets.
-
-    The registry ``gumbel`` loss one-hot encodes labels over all its columns, so it cannot express an
-    all-zero background row; this computes the same reduction with its element-wise
-    :func:`~ltcls.losses.gumbel.gumbel_bce` and its ``clamp_max``: the BCE summed over N x C, divided by N,
-    clamped to [0, clamp_max] (GOL's box head). On foreground-only RoIs it equals the registry loss.
-    """
-
-    def losses(self, packed: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = packed[:, 1:]
-        target = F.one_hot(labels.long(), self.num_classes + 1)[:, 1:]
-        loss = gumbel_bce(logits, target).sum() / max(logits.shape[0], 1)
-        return {"loss_classifier": loss.clamp(min=0.0, max=getattr(self.loss, "clamp_max", None))}
-
-
-@BOX_CLASSIFICATIONS.register("gumbel_drop")
-class GumbelDropClassification(GumbelActivationClassification):
-    """The registry ``gumbel_drop`` loss in its own convention: labels 0..C-1, background = C."""
-
     def losses(self, packed: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         labels = labels.long()
         mm_labels = torch.where(labels > 0, labels - 1, self.num_classes)
         return {"loss_classifier": self.loss(packed[:, 1:], mm_labels)}
+
+    def scores(self, packed: torch.Tensor) -> torch.Tensor:
+        """Gumbel probabilities of the C classes; column 0 (the zero padding, no background logit) scores 0."""
+        return F.pad(gumbel_probs(packed[:, 1:]), (1, 0))
 
 
 def build_box_classification(loss_name: str, loss: LTLoss, num_classes: int) -> BoxClassification:

@@ -17,6 +17,16 @@ from ltcls.losses.base import LOSSES, LTLoss
 #: GOL clamps the logits to this range before the Gumbel activation when training.
 GUMBEL_CLAMP = (-4.0, 10.0)
 
+#: The loss section of decoupled Gumbel re-training for classification (GOL Table 4; ``--stage2 gumbel``): the
+#: softmax-trained classifier is fine-tuned with the Gumbel loss **without** the reduced-loss clamp. GOL's clamp
+#: at 20 comes from its mmdetection box head (C+1 channels, GOL's init, background-dominated RoIs); summed over
+#: C classes, a softmax head's loss is ~90 per sample at C = 100 and 700-900 at C = 1000 (synthetic features,
+#: tests/test_scale_1000.py), so with the clamp the gradient is exactly zero and stage 2 is a no-op (issue 10).
+#: Fine-tuning the softmax head (not GOL's constant init, which trains far slower and, with wide ReLU features,
+#: starts above the clamp too) is what benchmarks/bench_decoupled_gumbel.py measures best. GOL publishes no
+#: classification code; its paper re-trains "only the classifier" at lr 1e-4 / 1e-5, a fine-tuning rate.
+DECOUPLED_GUMBEL: dict[str, object] = {"name": "gumbel", "clamp_max": None}
+
 
 def gumbel_probs(logits: torch.Tensor) -> torch.Tensor:
     """Gumbel class probabilities ``exp(-exp(-z))`` (independent per class, not summing to 1).
@@ -64,7 +74,8 @@ class GumbelLoss(GumbelActivationLoss):
     """GOL's Gumbel loss as its box head reduces it: BCE summed over all N x C entries, divided by N.
 
     The reduced loss is then clamped to [0, ``clamp_max``] (20 in GOL; ``None`` for no upper bound);
-    above the bound its gradient is zero, as with ``torch.clamp`` in the reference.
+    above the bound its gradient is zero, as with ``torch.clamp`` in the reference. The default is GOL's
+    detection setting; classification with many classes needs ``clamp_max: null`` (:data:`DECOUPLED_GUMBEL`).
     """
 
     def __init__(self, clamp_max: float | None = 20.0) -> None:

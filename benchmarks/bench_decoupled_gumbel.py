@@ -1,0 +1,115 @@
+"""Decoupled Gumbel stage 2 at 100 and 1000 classes: which re-training actually trains (issue 10, item 1).
+
+Synthetic ImageNet-LT-shaped features (Pareto counts 1280 ... 5; class ``c``'s samples ``relu(mean_c + noise)``,
+a fixed frozen "backbone"), a linear head trained with softmax CE (stage 1), then the head re-trained for the
+same number of steps, random sampling, SGD momentum 0.9, weight decay 5e-4, by:
+
+* ``softmax (more steps)``: CE again (the baseline: separates "more training" from "Gumbel");
+* ``copy + GOL clamp``: the softmax head with the clamped Gumbel loss (ltcls's old ``--stage2 gumbel``);
+* ``GOL init + GOL clamp``: the head re-initialized with GOL's init (w 0.001, b -2), clamped loss;
+* ``copy + no clamp``: the softmax head with ``DECOUPLED_GUMBEL`` (the chosen stage 2).
+
+Prints overall / many / medium / few top-1 (Kang's groups: > 100, 20..100, < 20 training images) on a balanced
+test set (20 per class), the ratio of overall and the few-shot difference to the baseline, and the share of
+test predictions that changed, averaged over seeds.
+
+    python benchmarks/bench_decoupled_gumbel.py [--classes 100 1000] [--seeds 0 1] [--steps 300] [--lr 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltcls.data.tools.make_split import pareto_counts
+from ltcls.losses.base import build_loss
+from ltcls.losses.gumbel import DECOUPLED_GUMBEL
+
+
+def make_data(num_classes: int, dim: int, seed: int) -> dict[str, torch.Tensor | np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    counts = np.asarray(pareto_counts(num_classes, seed=seed))
+    means = torch.randn(num_classes, dim, generator=g)
+    train_y = torch.from_numpy(np.repeat(np.arange(num_classes), counts))
+    test_y = torch.arange(num_classes).repeat_interleave(20)
+    return {"counts": counts, "train_y": train_y, "test_y": test_y,
+            "train_x": F.relu(means[train_y] + torch.randn(len(train_y), dim, generator=g)),
+            "test_x": F.relu(means[test_y] + torch.randn(len(test_y), dim, generator=g))}
+
+
+def train(data: dict, head: nn.Module, loss_fn, lr: float, steps: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    for _ in range(steps):
+        idx = torch.randint(0, len(data["train_y"]), (1024,), generator=g)
+        loss = loss_fn(head(data["train_x"][idx]), data["train_y"][idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def report(data: dict, preds: torch.Tensor) -> dict[str, float]:
+    y = data["test_y"]
+    n = torch.from_numpy(data["counts"])[y]
+    right = (preds == y).double()
+    out = {"overall": right.mean().item() * 100}
+    for name, mask in (("many", n > 100), ("medium", (n >= 20) & (n <= 100)), ("few", n < 20)):
+        out[name] = right[mask].mean().item() * 100 if mask.any() else float("nan")
+    return out
+
+
+def run(num_classes: int, seed: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    torch.manual_seed(seed)
+    data = make_data(num_classes, args.dim, seed)
+    stage1 = nn.Linear(args.dim, num_classes)
+    train(data, stage1, F.cross_entropy, args.stage1_lr, args.stage1_steps, seed)
+    with torch.no_grad():
+        before = stage1(data["test_x"]).argmax(1)
+    clamped = build_loss("gumbel")
+    variants = {"softmax (more steps)": ("copy", F.cross_entropy), "copy + GOL clamp": ("copy", clamped),
+                "GOL init + GOL clamp": ("gol", clamped), "copy + no clamp": ("copy", build_loss(**DECOUPLED_GUMBEL))}
+    rows = {"stage 1 (softmax)": {**report(data, before), "changed": 0.0}}
+    for name, (init, loss) in variants.items():
+        head = copy.deepcopy(stage1)
+        if init == "gol":
+            clamped.init_classifier(head)
+        train(data, head, loss, args.lr, args.steps, seed + 1)
+        with torch.no_grad():
+            preds = head(data["test_x"]).argmax(1)  # Gumbel scores are monotone in the logits: same argmax
+        rows[name] = {**report(data, preds), "changed": (preds != before).double().mean().item() * 100}
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--stage1-steps", type=int, default=300)
+    p.add_argument("--stage1-lr", type=float, default=0.5)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=0.01)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    for c in args.classes:
+        start = time.perf_counter()
+        runs = [run(c, s, args) for s in args.seeds]
+        mean = {k: {m: float(np.mean([r[k][m] for r in runs])) for m in runs[0][k]} for k in runs[0]}
+        base = mean["softmax (more steps)"]
+        print(f"\nC = {c}, seeds {args.seeds}, stage 2: {args.steps} steps at lr {args.lr} "
+              f"({time.perf_counter() - start:.0f} s)")
+        print(f"{'head':<22} {'overall':>7} {'many':>6} {'medium':>6} {'few':>6} {'changed %':>9} "
+              f"{'overall / baseline':>18} {'few - baseline':>14}")
+        for name, r in mean.items():
+            print(f"{name:<22} {r['overall']:7.1f} {r['many']:6.1f} {r['medium']:6.1f} {r['few']:6.1f} "
+                  f"{r['changed']:9.1f} {r['overall'] / base['overall']:18.2f} {r['few'] - base['few']:+14.1f}")
+
+
+if __name__ == "__main__":
+    main()
