@@ -13,6 +13,7 @@ from PIL import Image
 from ltcls.data import build_transforms
 from ltcls.data.base import DATASETS
 from ltcls.data.datasets.image_folder import image_folder
+from ltcls.data.digits import digits_lt
 from ltcls.data.split_file import BadImageError
 
 
@@ -85,3 +86,7 @@ def test_bad_image_uses_file_list_dataset_rules(tmp_path: Path) -> None:
     lenient = image_folder(root=str(tmp_path), on_bad_image="skip")
     img, label = lenient.train[bad]
     assert label == 0 and lenient.train.bad_image_count == 1
+
+
+def test_class_names_of_digits_lt() -> None:
+    assert digits_lt(test_per_class=5).class_names == [str(d) for d in range(10)]
