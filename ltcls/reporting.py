@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from ltcls.metrics import GROUPS, shot_groups  # noqa: E402
 
 _GROUP_COLORS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
 
+#: Up to this many classes, figures label classes by name; above it a class is a pixel / bar without a tick.
+MAX_NAMED_CLASSES = 50
+
 
 def classifier_weight_norms(classifier: nn.Module) -> np.ndarray | None:
     """L2 norm of each class's weight vector (the classic picture of a head biased to frequent classes)."""
@@ -31,8 +35,15 @@ def classifier_weight_norms(classifier: nn.Module) -> np.ndarray | None:
 
 
 def per_class_figure(values: np.ndarray, class_counts: np.ndarray, ylabel: str, title: str,
-                     many_threshold: int = 100, few_threshold: int = 20) -> plt.Figure:
-    """Bars of ``values`` per class, classes sorted by training count (head left), on a count curve."""
+                     many_threshold: int = 100, few_threshold: int = 20,
+                     class_names: Sequence[str] | None = None) -> plt.Figure:
+    """Bars of ``values`` per class, classes sorted by training count (head left), on a count curve.
+
+    Bars are narrower than their slot, so neighbouring classes of one group stay apart; a class at 0 gets a
+    small marker on the axis (a bar of height 0 is invisible) and a class without a value (NaN: no test
+    sample) a grey cross. With ``class_names`` and at most :data:`MAX_NAMED_CLASSES` classes the x axis is
+    labelled with the names.
+    """
     counts = np.asarray(class_counts)
     order = np.argsort(-counts, kind="stable")
     vals = np.asarray(values, dtype=float)[order]
@@ -42,7 +53,21 @@ def per_class_figure(values: np.ndarray, class_counts: np.ndarray, ylabel: str, 
     for g in GROUPS:
         sel = groups == g
         if sel.any():
-            ax.bar(x[sel], np.nan_to_num(vals[sel]), width=1.0, color=_GROUP_COLORS[g], label=f"{g} ({sel.sum()})")
+            ax.bar(x[sel], np.nan_to_num(vals[sel]), width=0.8, color=_GROUP_COLORS[g], linewidth=0,
+                   label=f"{g} ({sel.sum()})")
+            zero = sel & (vals == 0)
+            if zero.any():
+                ax.plot(x[zero], np.zeros(zero.sum()), linestyle="none", marker="^", markersize=7,
+                        color=_GROUP_COLORS[g], markeredgecolor="black", markeredgewidth=0.5, clip_on=False,
+                        zorder=3)
+    missing = np.isnan(vals)
+    if missing.any():
+        ax.plot(x[missing], np.zeros(missing.sum()), linestyle="none", marker="x", markersize=6, color="grey",
+                clip_on=False, zorder=3, label=f"no value ({missing.sum()})")
+    ax.set_xlim(-0.6, len(counts) - 0.4)
+    ax.set_ylim(bottom=0)
+    if class_names is not None and len(counts) <= MAX_NAMED_CLASSES:
+        ax.set_xticks(x, [str(class_names[i]) for i in order], rotation=90, fontsize=7)
     ax.set_xlabel("class (sorted by training images)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -111,19 +136,121 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def tau_sweep_figure(sweep: list[dict[str, Any]], chosen_tau: float, criterion: str, selected_on: str) -> plt.Figure:
-    """tau-norm's sweep: overall / many / medium / few and the selection ``criterion`` against tau, the chosen
-    tau marked."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    taus = [r["tau"] for r in sweep]
-    for k in ("overall", *GROUPS, criterion):
-        if all(r.get(k) is not None for r in sweep):
-            style = {"linestyle": "--", "color": "black"} if k == criterion else {}
-            ax.plot(taus, [r[k] for r in sweep], marker="o", markersize=3, label=k, **style)
-    ax.axvline(chosen_tau, color="gray", linestyle=":", label=f"chosen tau = {chosen_tau:g}")
-    ax.set_xlabel("tau")
-    ax.set_ylabel(f"top-1 on {selected_on} (%)")
-    ax.set_title(f"tau-norm sweep (chosen by {criterion})")
-    ax.legend(fontsize=8)
+# ----------------------------------------------------------------------------------------- evaluation figures
+
+
+def reliability_figure(bins: Sequence[Mapping[str, Any]], ece: float | None = None,
+                       title: str = "reliability diagram") -> plt.Figure:
+    """Accuracy per confidence bin against the diagonal (perfect calibration), with the bins' sample counts
+    below. ``bins`` as :func:`ltcls.metrics.calibration_report` gives them (percent)."""
+    lower = np.array([b["lower"] for b in bins]) * 100
+    width = np.array([b["upper"] - b["lower"] for b in bins]) * 100
+    acc = np.array([np.nan if b["accuracy"] is None else b["accuracy"] for b in bins], dtype=float)
+    conf = np.array([np.nan if b["confidence"] is None else b["confidence"] for b in bins], dtype=float)
+    count = np.array([b["count"] for b in bins])
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = count > 0
+    ax.bar(lower[full], acc[full], width=width[full], align="edge", color="tab:blue", edgecolor="white",
+           label="accuracy")
+    ax.bar(lower[full], conf[full] - acc[full], bottom=acc[full], width=width[full], align="edge",
+           color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to mean confidence")
+    ax.plot([0, 100], [0, 100], color="black", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title + (f" (ECE {ece:.2f}%)" if ece is not None else ""))
+    ax.legend(loc="upper left", fontsize=8)
+    axc.bar(lower, count, width=width, align="edge", color="grey", edgecolor="white")
+    axc.set_yscale("log" if count.max(initial=0) > 0 else "linear")
+    axc.set_xlabel("confidence (%)")
+    axc.set_ylabel("samples")
     fig.tight_layout()
     return fig
+
+
+def confusion_matrix_figure(cm: np.ndarray, class_counts: Sequence[int], class_names: Sequence[str] | None = None,
+                            many_threshold: int = 100, few_threshold: int = 20,
+                            title: str = "confusion matrix") -> plt.Figure:
+    """Row-normalized confusion matrix (row: true class, share of its test samples per predicted class),
+    classes sorted by training count (head first) on both axes.
+
+    Up to :data:`MAX_NAMED_CLASSES` classes the axes name the classes (and up to 15 each cell shows its
+    percentage); above, the matrix is an image with the many / medium / few boundaries drawn as lines and no
+    per-class ticks, so 1000 classes stay readable. Rows without test samples stay empty (white).
+    """
+    cm = np.asarray(cm, dtype=float)
+    counts = np.asarray(class_counts)
+    n = len(counts)
+    if cm.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {cm.shape} for {n} classes (expected ({n}, {n}))")
+    order = np.argsort(-counts, kind="stable")
+    cm = cm[np.ix_(order, order)]
+    totals = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(totals > 0, 100.0 * cm / np.maximum(totals, 1), np.nan)
+    named = class_names is not None and n <= MAX_NAMED_CLASSES
+    size = 6.0 if n <= 10 else (9.0 if n <= MAX_NAMED_CLASSES else 8.0)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=100, interpolation="nearest" if n <= 200 else "antialiased")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's test samples (%)")
+    if named:
+        labels = [str(class_names[i]) for i in order]
+        ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=7 if n > 15 else 9)
+        ax.set_yticks(np.arange(n), labels, fontsize=7 if n > 15 else 9)
+    elif n > MAX_NAMED_CLASSES:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if n <= 15:
+        for i, j in zip(*np.nonzero(cm)):
+            ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 50 else "black")
+    groups = shot_groups(counts, many_threshold, few_threshold)[order]
+    for b in np.flatnonzero(groups[1:] != groups[:-1]):
+        for line in (ax.axhline, ax.axvline):
+            line(b + 0.5, color="tab:red", linewidth=0.8)
+    ax.set_xlabel("predicted class (sorted by training images)")
+    ax.set_ylabel("true class (sorted by training images)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def tau_sweep_figure(sweep: Sequence[Mapping[str, Any]], chosen_tau: float, criterion: str = "mean_per_class",
+                     selected_on: str = "val") -> plt.Figure:
+    """Top-1 against tau for ``criterion`` (the key tau was chosen on, drawn bold) and overall / many /
+    medium / few, with the chosen tau marked by a vertical line and a point on the criterion curve."""
+    taus = np.array([r["tau"] for r in sweep], dtype=float)
+    if criterion not in sweep[0]:
+        raise KeyError(f"criterion {criterion!r} is not a key of the sweep rows (keys: {', '.join(sweep[0])})")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    styles = {"overall": "tab:green", **_GROUP_COLORS}
+    for key in ("overall", *GROUPS):
+        if key != criterion and key in sweep[0] and all(r[key] is not None for r in sweep):
+            ax.plot(taus, [r[key] for r in sweep], marker="o", markersize=3, linewidth=1, color=styles[key],
+                    label=key)
+    crit = np.array([np.nan if r[criterion] is None else r[criterion] for r in sweep], dtype=float)
+    ax.plot(taus, crit, marker="o", markersize=4, linewidth=2.5, color="black", label=f"{criterion} (criterion)")
+    ax.axvline(chosen_tau, color="black", linestyle="--", linewidth=1)
+    at = int(np.argmin(np.abs(taus - chosen_tau)))
+    ax.plot([taus[at]], [crit[at]], marker="*", markersize=14, color="gold", markeredgecolor="black", zorder=5,
+            label=f"chosen tau = {chosen_tau:g} ({crit[at]:.2f})")
+    ax.set_xlabel("tau")
+    ax.set_ylabel(f"top-1 on {selected_on} (%)")
+    ax.set_title(f"tau-norm sweep: tau chosen on {selected_on} by {criterion}")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+PER_CLASS_COLUMNS = ("name", "train_count", "group", "test_count", "accuracy", "precision", "recall")
+
+
+def write_per_class_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write :func:`ltcls.metrics.per_class_table` rows as CSV (undefined values as empty cells, percentages
+    with 4 decimals)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k])
+                             for k in PER_CLASS_COLUMNS})

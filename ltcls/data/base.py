@@ -131,3 +131,9 @@ class DataSplits:
     @property
     def class_counts(self) -> np.ndarray:
         return self.train.class_counts
+
+    @property
+    def class_names(self) -> list[str]:
+        """Name of every class (the train split's ``classes``: label names where the data gives them, else
+        the label index as text)."""
+        return list(self.train.classes)

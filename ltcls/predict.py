@@ -1,0 +1,140 @@
+"""Classify image files with a trained model: find the images, load them with the run's eval transform
+(unreadable files are reported and skipped, never ending the run), keep the top-k classes, write CSV / JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ltcls.data.datasets.image_folder import image_extensions
+from ltcls.data.datasets.split_file import open_rgb, transform_min_size
+
+logger = logging.getLogger(__name__)
+
+
+def find_images(paths: Sequence[str | Path]) -> list[str]:
+    """The image files among ``paths``: a file is taken as given, a folder is searched recursively (sorted)
+    for files with an extension PIL reads. A path that does not exist is an error naming it."""
+    extensions = set(image_extensions())
+    found: list[str] = []
+    for path in paths:
+        path = str(path)
+        if os.path.isfile(path):
+            found.append(path)
+        elif os.path.isdir(path):
+            for folder, dirs, files in os.walk(path):
+                dirs.sort()
+                found.extend(os.path.join(folder, f) for f in sorted(files) if os.path.splitext(f)[1].lower()
+                             in extensions)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: '{path}'")
+    return found
+
+
+class ImageFiles(Dataset):
+    """Image files through ``transform``; an item is ``(index, tensor, None)``, or ``(index, None, error)``
+    for a file PIL cannot open or decode (so the caller can report and skip it). JPEGs are decoded at the
+    reduced size the transform allows (:func:`ltcls.data.split_file.open_rgb`)."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.decode_size = transform_min_size(transform)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            image = open_rgb(self.paths[index], self.decode_size)
+        except Exception as err:  # any failure to open / decode this one file (PIL raises many types)
+            return index, None, f"{type(err).__name__}: {err}"
+        return index, self.transform(image), None
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None,
+                                                                                  list[tuple[int, str]]]:
+    good = [(i, x) for i, x, err in items if err is None]
+    bad = [(i, err) for i, _, err in items if err is not None]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, bad
+
+
+@dataclass
+class Predictions:
+    """Top-k predictions, one row per readable image (``path``, ``classes``, ``probs``), and the files that
+    could not be read (``path``, ``error``)."""
+
+    topk: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict_topk(model: nn.Module, paths: Sequence[str], transform: Callable, class_names: Sequence[str],
+                 topk: int = 5, batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0,
+                 scores: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Predictions:
+    """The ``topk`` classes (names) and probabilities of every image in ``paths``, in the order given.
+
+    ``scores`` turns logits into probabilities (default softmax; a run's loss's ``scores``, e.g. Gumbel).
+    ``topk`` larger than the number of classes is cut to it. Unreadable files are logged, skipped and listed
+    in ``Predictions.unreadable``. A tqdm bar shows progress.
+    """
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    k = min(topk, len(class_names))
+    scores = scores if scores is not None else (lambda logits: logits.softmax(dim=-1))
+    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate)
+    was_training = model.training
+    model.eval()
+    out = Predictions(topk=k)
+    for indices, images, bad in tqdm(loader, desc="predict", unit="batch", dynamic_ncols=True, mininterval=1.0):
+        for i, err in bad:
+            logger.warning("skipping unreadable image '%s': %s", paths[i], err)
+            out.unreadable.append({"path": str(paths[i]), "error": err})
+        if images is None:
+            continue
+        probs = scores(model(images.to(device)).float())
+        if probs.shape[1] != len(class_names):
+            raise ValueError(f"the model gives {probs.shape[1]} scores per image but {len(class_names)} class names "
+                             "were given")
+        top_p, top_c = probs.topk(k, dim=1)
+        for i, p, c in zip(indices, top_p.cpu().tolist(), top_c.cpu().tolist()):
+            out.rows.append({"path": str(paths[i]), "classes": [str(class_names[j]) for j in c], "probs": p})
+    model.train(was_training)
+    logger.info("predicted %d images, %d unreadable", len(out.rows), len(out.unreadable))
+    return out
+
+
+def write_predictions_csv(path: str | Path, predictions: Predictions) -> None:
+    """CSV ``path,top1,prob1,top2,prob2,...`` (class names, probabilities with 6 decimals), one row an image.
+    Unreadable files are not rows (see :func:`write_predictions_json`, or ``predictions.unreadable``)."""
+    header = ["path"] + [f"{name}{r}" for r in range(1, predictions.topk + 1) for name in ("top", "prob")]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in predictions.rows:
+            cells = [row["path"]]
+            for c, p in zip(row["classes"], row["probs"]):
+                cells += [c, f"{p:.6f}"]
+            writer.writerow(cells)
+
+
+def write_predictions_json(path: str | Path, predictions: Predictions) -> None:
+    """JSON ``{"topk": k, "predictions": [{"path", "classes", "probs"}, ...], "unreadable": [{"path", "error"}]}``."""
+    data = {"topk": predictions.topk, "predictions": predictions.rows, "unreadable": predictions.unreadable}
+    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
