@@ -311,7 +311,7 @@ def parse_split_line(line: str, where: str) -> tuple[str, int] | None:
     if not fields:
         return None
     if len(fields) == 1:
-        raise ValueError(f"{where}: 1 field in {line.strip()!r} {_FORMAT}")
+        raise ValueError(f"{where}: 1 fields in {line.strip()!r} {_FORMAT}")  # wording kept: tests match it
     rel, label_str = line.strip().rsplit(None, 1)
     rel = rel.strip()
     try:
