@@ -139,6 +139,9 @@ def test_atomic_write_errno_less_failure_is_disk_full_only_when_space_is_gone(tm
     with pytest.raises(RuntimeError, match="unexpected pos") as info:
         atomic_write(path, _partial_then(torch_error))
     assert not isinstance(info.value, DiskFullError)
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
+    with pytest.raises(TypeError, match="cannot pickle"):  # not an I/O failure: never called disk full
+        atomic_write(path, _partial_then(TypeError("cannot pickle 'generator' object")))
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, _partial_then(KeyboardInterrupt()))
     assert path.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]

@@ -152,8 +152,9 @@ def tmp_path_of(path: str | os.PathLike) -> Path:
 
 
 def is_disk_full(err: BaseException, folder: str | os.PathLike) -> bool:
-    """Whether ``err`` (or an exception it chains) is ENOSPC / EDQUOT, or the filesystem of ``folder`` has
-    almost no space left (torch's zip writer loses the errno: ``RuntimeError ... unexpected pos``)."""
+    """Whether ``err`` (or an exception it chains) is ENOSPC / EDQUOT, or is an I/O-like failure (``OSError``,
+    ``RuntimeError``) while the filesystem of ``folder`` has almost no space left (torch's zip writer loses the
+    errno: ``RuntimeError ... unexpected pos``)."""
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in _DISK_FULL_ERRNOS:
@@ -161,6 +162,8 @@ def is_disk_full(err: BaseException, folder: str | os.PathLike) -> bool:
         if "No space left on device" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False  # e.g. an object that cannot be pickled: never a disk problem
     try:
         return shutil.disk_usage(folder).free < DISK_FULL_BYTES
     except OSError:
