@@ -12,6 +12,7 @@ by logging it once, counting it and loading another image of the same class (``o
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
@@ -240,8 +241,7 @@ class EntryChecker:
         self.labels: list[int] = []
         self.lines: list[int] = []
         self.missing: list[tuple[int, str, str]] = []
-        self._first: dict[str, int] = {}  # normalized path -> index of its first entry
-        self._copies: dict[int, list[int]] = {}  # index of a first entry -> indices of every copy
+        self._full: list[str] = []  # normalized absolute path of each entry, to find duplicates
 
     def where(self, n: int) -> str:
         return self.where_format.format(source=self.source, n=n)
@@ -267,9 +267,7 @@ class EntryChecker:
                              f"(expected a path relative to data.root)")
         if self.check_files and not os.path.exists(full):
             self.missing.append((n, rel, written))
-        first = self._first.setdefault(full, len(self.paths))
-        if first != len(self.paths):
-            self._copies.setdefault(first, [first]).append(len(self.paths))
+        self._full.append(full)
         self.paths.append(rel)
         self.labels.append(label)
         self.lines.append(n)
@@ -283,11 +281,20 @@ class EntryChecker:
                                     f"'{self.root}'{more}")
         if not self.paths:
             raise ValueError(f"{self.source}: no entries {_FORMAT}")
-        duplicates = list(self._copies.values())
+        duplicates = self._duplicates()
         if duplicates:
             logger.warning("%s", self.describe_duplicates(duplicates))
         return SplitList(self.source, self.paths, np.asarray(self.labels, dtype=np.int64),
                          np.asarray(self.lines, dtype=np.int64), self.where_format, duplicates)
+
+    def _duplicates(self) -> list[list[int]]:
+        """Indices of every copy of each path listed more than once (in order of first appearance)."""
+        if len(set(self._full)) == len(self._full):  # the common case, checked in C
+            return []
+        copies: dict[str, list[int]] = {}
+        for i, full in enumerate(self._full):
+            copies.setdefault(full, []).append(i)
+        return [c for c in copies.values() if len(c) > 1]
 
     def describe_duplicates(self, duplicates: list[list[int]]) -> str:
         """The warning text for images listed more than once: the file, how many, the first few with their
@@ -308,12 +315,15 @@ def parse_split_line(line: str, where: str) -> tuple[str, int] | None:
     """``(path, label)`` of one split-file line, ``None`` for a blank line. The label is the last
     whitespace-separated field, the path everything before it (stripped; it may contain spaces)."""
     fields = line.split()
-    if not fields:
+    if len(fields) == 2:
+        rel, label_str = fields
+    elif not fields:
         return None
-    if len(fields) == 1:
+    elif len(fields) == 1:
         raise ValueError(f"{where}: 1 fields in {line.strip()!r} {_FORMAT}")  # wording kept: tests match it
-    rel, label_str = line.strip().rsplit(None, 1)
-    rel = rel.strip()
+    else:
+        rel, label_str = line.strip().rsplit(None, 1)
+        rel = rel.strip()
     try:
         return rel, int(label_str)
     except ValueError:
@@ -321,19 +331,21 @@ def parse_split_line(line: str, where: str) -> tuple[str, int] | None:
         raise ValueError(f"{where}: label {label_str!r} is not an integer {_FORMAT}{hint}") from None
 
 
-def split_file_lines(split: str) -> Iterator[tuple[int, str]]:
-    """``(1-based line number, text)`` of a UTF-8 split file; a byte-order mark is dropped. Invalid UTF-8 is
-    an error naming the file, the line and the byte."""
+def split_file_lines(split: str) -> list[str]:
+    """The lines of a UTF-8 split file (line ``n`` at index ``n - 1``); a byte-order mark is dropped. Invalid
+    UTF-8 is an error naming the file, the line and the byte."""
     with open(split, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{split} line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                                 f"{e.start + 1}; expected a UTF-8 text file, e.g. re-save it with "
-                                 f"'iconv -f latin1 -t utf-8')") from None
+        data = f.read()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{split} line {lineno}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}; "
+                         "expected a UTF-8 text file, e.g. re-save it with 'iconv -f latin1 -t utf-8')") from None
+    return list(io.StringIO(text, newline=None))  # universal newlines (\n, \r\n, \r), as open() in text mode
 
 
 def read_split_file(split: str, root: str, num_classes: int | None = None, path_map: PathMap | None = None,
@@ -347,7 +359,7 @@ def read_split_file(split: str, root: str, num_classes: int | None = None, path_
     if not os.path.isfile(split):
         raise FileNotFoundError(f"split file not found: '{split}'")
     checker = EntryChecker(split, root, num_classes, path_map, check_files)
-    for lineno, line in split_file_lines(split):
+    for lineno, line in enumerate(split_file_lines(split), start=1):
         entry = parse_split_line(line, f"{split} line {lineno}")
         if entry is not None:
             checker.add(lineno, *entry)
