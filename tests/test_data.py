@@ -195,8 +195,8 @@ def test_split_file_parses_real_images(image_tree, tmp_path):
 
 
 @pytest.mark.parametrize(("which", "line", "error", "message"), [
-    ("train", "cls0/a.png", ValueError, r"1 fields .*expected 'relative/path label'"),
-    ("train", "cls0/a.png 0 extra", ValueError, r"3 fields .*expected 'relative/path label'"),
+    ("train", "cls0/a.png", ValueError, r"1 fields in 'cls0/a.png' \(expected 'relative/path label'\)"),
+    ("train", "cls0/a.png 0 extra", ValueError, r"label 'extra' is not an integer .*the label is the last field"),
     ("train", "cls0/a.png x", ValueError, r"label 'x' is not an integer \(expected 'relative/path label'\)"),
     ("train", "cls0/a.png 1.5", ValueError, r"label '1.5' is not an integer"),
     ("train", "cls0/a.png -1", ValueError, r"label -1 is negative"),

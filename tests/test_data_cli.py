@@ -165,6 +165,31 @@ def test_verify_exit_status_2_when_a_split_cannot_be_read(tmp_path, capsys):
     assert "unknown key 'data.nope'" in capsys.readouterr().err
 
 
+def test_verify_lists_duplicates_and_classes_without_training_images(tmp_path, capsys):
+    root, splits = _tiny_imagenet(tmp_path)
+    train = splits / "ImageNet_LT_train.txt"
+    lines = train.read_text().splitlines()
+    # class 1's training images become class 2's: class 1 keeps its val / test images but has no training image
+    lines = [line[:-1] + "2" if line.endswith(" 1") else line for line in lines] + [lines[0], lines[1], lines[0]]
+    train.write_text("\n".join(lines) + "\n")
+    args = ["verify", CONFIG, "--set", f"data.root={root}", f"data.split_dir={splits}", "--no-progress"]
+    assert main(args) == 0  # warnings only
+    out = capsys.readouterr().out
+    assert "DUPLICATE (warning): 2 image(s) listed more than once, each copy counted as a sample\n" in out
+    assert (f"  {train} line 1: train/n01440764/n01440764_0.JPEG: listed 3 times (at line 1, line 7, line 9)\n"
+            in out)
+    assert f"  {train} line 2: train/n01440764/n01440764_1.JPEG: listed 2 times (at line 2, line 8)\n" in out
+    assert f"EMPTY CLASS (warning): 1 class(es) without a training image\n  {train}: class 1\n" in out
+    assert out.rstrip().endswith("OK: every listed image exists and decodes, and every label is in range "
+                                 "(3 warning(s) above)")
+
+    os.remove(root / "val/ILSVRC2012_val_00000002.JPEG")  # an error as well: exit status 1, warnings still listed
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "DUPLICATE (warning): 2 image(s)" in out and "EMPTY CLASS (warning): 1 class(es)" in out
+    assert out.rstrip().endswith("FAILED: 1 of 15 listed entries have problems (3 warning(s) above)")
+
+
 # ---------------------------------------------------------------- make-split
 
 

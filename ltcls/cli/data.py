@@ -15,7 +15,8 @@ Inspect and prepare long-tailed datasets.
   stats       classes and images per split, max / min per class, imbalance factor, many / medium / few
               class counts and a histogram; for the official ImageNet-LT, Places-LT and iNaturalist 2018
               files, whether the numbers match the published ones
-  verify      every image a config lists exists under data.root and decodes; labels in range
+  verify      every image a config lists exists under data.root and decodes; labels in range; warns about
+              images listed more than once and classes without a training image
   make-split  regenerate a long-tailed split (Pareto or exponential profile) from a class-folder dataset
 """
 
@@ -80,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Open and fully decode every image the config's train / val / test splits "
                                    "list (in parallel threads), and check every label. Problems are grouped by "
                                    "kind with their split file and line; the exit status is 1 if any is found, 2 "
-                                   "if the config or a split file cannot be read.")
+                                   "if the config or a split file cannot be read. Images listed more than once "
+                                   "and classes without a training image are listed as warnings (exit status 0 "
+                                   "if nothing else is wrong).")
     p.add_argument("config", metavar="CONFIG", help="a config (*.yaml) whose data section to verify")
     _add_set(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",

@@ -1,5 +1,7 @@
 """Datasets described by split files (ImageNet-LT, Places-LT, iNaturalist, ...): one ``relative/path label``
-per line, paths relative to ``data.root``.
+per line, paths relative to ``data.root``. The label is the last whitespace-separated field and the path
+everything before it (so a path may hold spaces; spaces or tabs separate them); the file is UTF-8, with or
+without a byte-order mark. Duplicated entries and classes without a training image are logged as warnings.
 
 :class:`FileListDataset` is what every file-based builder returns. It decodes JPEGs at a reduced size when
 the transform does not need the full resolution (PIL's draft mode: the JPEG decoder scales by 1/2, 1/4 or
@@ -10,11 +12,12 @@ by logging it once, counting it and loading another image of the same class (``o
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -27,6 +30,9 @@ from ltcls.data.base import DATASETS, DataSplits, LTDataset
 logger = logging.getLogger(__name__)
 
 _FORMAT = "(expected 'relative/path label')"
+_BOM = b"\xef\xbb\xbf"
+#: Entries listed in a warning before the rest are only counted.
+_WARN_SHOWN = 5
 BAD_IMAGE_MODES = ("error", "skip")
 
 #: Maps a path as written in a split file (and its label) to the path under data.root (a layout change).
@@ -199,9 +205,15 @@ class SplitList:
     labels: np.ndarray
     lines: np.ndarray
     where_format: str = "{source} line {n}"
+    #: Entries listed more than once: one per path, the 0-based entry indices of every copy.
+    duplicates: list[list[int]] = field(default_factory=list)
 
     def where(self, i: int) -> str:
         return self.where_format.format(source=self.source, n=int(self.lines[i]))
+
+    def empty_classes(self, num_classes: int) -> list[int]:
+        """The labels in ``0..num_classes-1`` that no entry of this split has."""
+        return np.flatnonzero(np.bincount(self.labels, minlength=num_classes) == 0).tolist()
 
     def dataset(self, root: str, num_classes: int, classes: Sequence[str] | None = None,
                 transform: Callable | None = None, decode_size: int | None = None,
@@ -215,7 +227,9 @@ class EntryChecker:
 
     Errors name ``where`` (file and line): a negative label, a label ``>= num_classes``, a path outside
     ``root`` (absolute, or escaping with ``..``), a ``path_map`` failure; with ``check_files``, missing
-    images are collected and reported together by :meth:`finish` (the first, and how many).
+    images are collected and reported together by :meth:`finish` (the first, and how many). An image listed
+    more than once (same path after ``path_map``) is kept, counted every time, and logged as a warning by
+    :meth:`finish` naming the file, the lines and how many.
     """
 
     def __init__(self, source: str, root: str, num_classes: int | None = None, path_map: PathMap | None = None,
@@ -227,6 +241,7 @@ class EntryChecker:
         self.labels: list[int] = []
         self.lines: list[int] = []
         self.missing: list[tuple[int, str, str]] = []
+        self._full: list[str] = []  # normalized absolute path of each entry, to find duplicates
 
     def where(self, n: int) -> str:
         return self.where_format.format(source=self.source, n=n)
@@ -252,6 +267,7 @@ class EntryChecker:
                              f"(expected a path relative to data.root)")
         if self.check_files and not os.path.exists(full):
             self.missing.append((n, rel, written))
+        self._full.append(full)
         self.paths.append(rel)
         self.labels.append(label)
         self.lines.append(n)
@@ -265,36 +281,101 @@ class EntryChecker:
                                     f"'{self.root}'{more}")
         if not self.paths:
             raise ValueError(f"{self.source}: no entries {_FORMAT}")
+        duplicates = self._duplicates()
+        if duplicates:
+            logger.warning("%s", self.describe_duplicates(duplicates))
         return SplitList(self.source, self.paths, np.asarray(self.labels, dtype=np.int64),
-                         np.asarray(self.lines, dtype=np.int64), self.where_format)
+                         np.asarray(self.lines, dtype=np.int64), self.where_format, duplicates)
+
+    def _duplicates(self) -> list[list[int]]:
+        """Indices of every copy of each path listed more than once (in order of first appearance)."""
+        if len(set(self._full)) == len(self._full):  # the common case, checked in C
+            return []
+        copies: dict[str, list[int]] = {}
+        for i, full in enumerate(self._full):
+            copies.setdefault(full, []).append(i)
+        return [c for c in copies.values() if len(c) > 1]
+
+    def describe_duplicates(self, duplicates: list[list[int]]) -> str:
+        """The warning text for images listed more than once: the file, how many, the first few with their
+        lines (and their labels when the copies disagree)."""
+        shown = []
+        for copies in duplicates[:_WARN_SHOWN]:
+            at = ", ".join(self.where_format.format(source="", n=self.lines[i]).strip() for i in copies)
+            labels = sorted({self.labels[i] for i in copies})
+            clash = f" with different labels {', '.join(map(str, labels))}" if len(labels) > 1 else ""
+            shown.append(f"{self.paths[copies[0]]!r} at {at}{clash}")
+        more = f"; and {len(duplicates) - _WARN_SHOWN} more" if len(duplicates) > _WARN_SHOWN else ""
+        extra = sum(len(c) - 1 for c in duplicates)
+        return (f"{self.source}: {len(duplicates)} image(s) listed more than once ({extra} extra entries, each "
+                f"counted as a sample): {'; '.join(shown)}{more}")
+
+
+def parse_split_line(line: str, where: str) -> tuple[str, int] | None:
+    """``(path, label)`` of one split-file line, ``None`` for a blank line. The label is the last
+    whitespace-separated field, the path everything before it (stripped; it may contain spaces)."""
+    fields = line.split()
+    if len(fields) == 2:
+        rel, label_str = fields
+    elif not fields:
+        return None
+    elif len(fields) == 1:
+        raise ValueError(f"{where}: 1 fields in {line.strip()!r} {_FORMAT}")  # wording kept: tests match it
+    else:
+        rel, label_str = line.strip().rsplit(None, 1)
+        rel = rel.strip()
+    try:
+        return rel, int(label_str)
+    except ValueError:
+        hint = " (the label is the last field; a path may contain spaces)" if len(fields) > 2 else ""
+        raise ValueError(f"{where}: label {label_str!r} is not an integer {_FORMAT}{hint}") from None
+
+
+def split_file_lines(split: str) -> list[str]:
+    """The lines of a UTF-8 split file (line ``n`` at index ``n - 1``); a byte-order mark is dropped. Invalid
+    UTF-8 is an error naming the file, the line and the byte."""
+    with open(split, "rb") as f:
+        data = f.read()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{split} line {lineno}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}; "
+                         "expected a UTF-8 text file, e.g. re-save it with 'iconv -f latin1 -t utf-8')") from None
+    return list(io.StringIO(text, newline=None))  # universal newlines (\n, \r\n, \r), as open() in text mode
 
 
 def read_split_file(split: str, root: str, num_classes: int | None = None, path_map: PathMap | None = None,
                     check_files: bool = True) -> SplitList:
     """Parse and check one split file (see :class:`EntryChecker` for the checks).
 
-    Every error names the file and the 1-based line, including a line that is not ``path label`` and a
-    non-integer label. ``path_map`` rewrites each path (e.g. onto another folder layout) before the checks;
-    ``check_files=False`` skips the existence check (fast, for statistics).
+    Every error names the file and the 1-based line, including a line that is not ``path label``, a
+    non-integer label and invalid UTF-8. ``path_map`` rewrites each path (e.g. onto another folder layout)
+    before the checks; ``check_files=False`` skips the existence check (fast, for statistics).
     """
     if not os.path.isfile(split):
         raise FileNotFoundError(f"split file not found: '{split}'")
     checker = EntryChecker(split, root, num_classes, path_map, check_files)
-    with open(split, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{split} line {lineno}"
-            if len(fields) != 2:
-                raise ValueError(f"{where}: {len(fields)} fields in {line.strip()!r} {_FORMAT}")
-            rel, label_str = fields
-            try:
-                label = int(label_str)
-            except ValueError:
-                raise ValueError(f"{where}: label {label_str!r} is not an integer {_FORMAT}") from None
-            checker.add(lineno, rel, label)
+    for lineno, line in enumerate(split_file_lines(split), start=1):
+        entry = parse_split_line(line, f"{split} line {lineno}")
+        if entry is not None:
+            checker.add(lineno, *entry)
     return checker.finish()
+
+
+def warn_empty_classes(split: SplitList, num_classes: int, classes: Sequence[str] | None = None) -> list[int]:
+    """Log a warning naming ``split``'s file and the classes in ``0..num_classes-1`` without an entry (a
+    class the model can never learn from the training split); returns those labels."""
+    empty = split.empty_classes(num_classes)
+    if empty:
+        names = [f"{c} ({classes[c]})" if classes is not None else str(c) for c in empty[:_WARN_SHOWN * 2]]
+        more = f" and {len(empty) - len(names)} more" if len(empty) > len(names) else ""
+        logger.warning("%s: %d of %d classes have no training image: %s%s", split.source, len(empty),
+                       num_classes, ", ".join(names), more)
+    return empty
 
 
 def read_split(split: str, root: str, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
@@ -329,6 +410,7 @@ def split_file(
         raise FileNotFoundError(f"data.root folder not found: '{root}'")
     train = read_split_file(train_split, root, check_files=check_files)
     num_classes = int(train.labels.max()) + 1
+    warn_empty_classes(train, num_classes)
 
     def split(path: str, transform: Callable | None) -> FileListDataset:
         entries = read_split_file(path, root, num_classes, check_files=check_files)

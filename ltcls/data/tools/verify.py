@@ -25,7 +25,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Problem:
-    """One bad entry: ``kind`` is ``missing``, ``unreadable`` or ``label``."""
+    """One bad entry: ``kind`` is ``missing``, ``unreadable`` or ``label`` (errors), or ``duplicate`` (an image
+    listed more than once) or ``empty`` (a class without a training image; ``index`` is the class): warnings."""
 
     kind: str
     split: str
@@ -37,7 +38,11 @@ class Problem:
 
 _KIND_TITLES = {"missing": "MISSING: {n} image(s) not found under data.root",
                 "unreadable": "UNREADABLE: {n} image(s) cannot be opened or decoded",
-                "label": "LABEL: {n} label(s) out of range"}
+                "label": "LABEL: {n} label(s) out of range",
+                "duplicate": "DUPLICATE (warning): {n} image(s) listed more than once, each copy counted as a sample",
+                "empty": "EMPTY CLASS (warning): {n} class(es) without a training image"}
+#: Kinds that are reported but do not fail ``verify``.
+WARNING_KINDS = ("duplicate", "empty")
 
 
 @dataclass
@@ -50,8 +55,17 @@ class VerifyReport:
     workers: int = 1
 
     @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.kind not in WARNING_KINDS]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.kind in WARNING_KINDS]
+
+    @property
     def ok(self) -> bool:
-        return not self.problems
+        """No error (warnings allowed)."""
+        return not self.errors
 
     def format(self, show: int = 10) -> str:
         total = sum(self.listed.values())
@@ -69,9 +83,10 @@ class VerifyReport:
                 lines.append(f"  {p.where or f'{p.split} #{p.index}'}: {p.path}{detail}")
             if len(found) > show:
                 lines.append(f"  ... and {len(found) - show:,} more ({len(found):,} in all)")
-        bad = len({(p.split, p.index) for p in self.problems})
-        lines.append("OK: every listed image exists and decodes, and every label is in range" if self.ok
-                     else f"FAILED: {bad:,} of {total:,} listed entries have problems")
+        bad = len({(p.split, p.index) for p in self.errors})
+        warned = f" ({len(self.warnings):,} warning(s) above)" if self.warnings else ""
+        lines.append(f"OK: every listed image exists and decodes, and every label is in range{warned}" if self.ok
+                     else f"FAILED: {bad:,} of {total:,} listed entries have problems{warned}")
         return "\n".join(lines)
 
 
@@ -107,9 +122,15 @@ def verify(splits: Mapping[str, LTDataset | None], workers: int | None = None, p
             path = ds.paths[i] if isinstance(ds, FileListDataset) else ""
             report.problems.append(Problem("label", name, i, where, path,
                                            f"label {int(ds.targets[i])} not in 0..{ds.num_classes - 1}"))
+        if name == "train":
+            for c in np.flatnonzero(ds.class_counts == 0).tolist():
+                source = ds.source if isinstance(ds, FileListDataset) else None
+                label = f"class {c}" + (f" ({ds.classes[c]})" if ds.classes[c] != str(c) else "")
+                report.problems.append(Problem("empty", name, c, source, label, ""))
         if not isinstance(ds, FileListDataset):
             report.in_memory.append(name)
             continue
+        report.problems += duplicate_problems(name, ds)
         report.listed[name] = len(ds)
         jobs += [(name, ds, i) for i in range(len(ds))]
     chunks = [jobs[k:k + chunk] for k in range(0, len(jobs), chunk)]
@@ -124,3 +145,19 @@ def verify(splits: Mapping[str, LTDataset | None], workers: int | None = None, p
     order = {s: k for k, s in enumerate(splits)}
     report.problems.sort(key=lambda p: (order[p.split], p.index))
     return report
+
+
+def duplicate_problems(name: str, ds: FileListDataset) -> list[Problem]:
+    """One ``duplicate`` problem per image that split ``name`` lists more than once (same normalized path),
+    at its first entry, with where every copy is (and the labels when the copies disagree)."""
+    by_path: dict[str, list[int]] = {}
+    for i, rel in enumerate(ds.paths):
+        by_path.setdefault(os.path.normpath(rel), []).append(i)
+    problems = []
+    for copies in (c for c in by_path.values() if len(c) > 1):
+        at = ", ".join((ds.where(i) or f"#{i}").replace(ds.source or "", "", 1).strip() for i in copies)
+        labels = sorted({int(ds.targets[i]) for i in copies})
+        clash = f", with different labels {', '.join(map(str, labels))}" if len(labels) > 1 else ""
+        problems.append(Problem("duplicate", name, copies[0], ds.where(copies[0]), ds.paths[copies[0]],
+                                f"listed {len(copies)} times (at {at}){clash}"))
+    return problems

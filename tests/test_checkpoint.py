@@ -1,0 +1,143 @@
+"""Checkpoint writes that fail (a full disk: simulated errno, and torch's real zip-writer failure under a file-size
+limit) and checkpoint files that cannot be loaded: each gives one line naming the file and the reason."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import pickle
+import resource
+import signal
+import zipfile
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltcls.engine import rundir
+from ltcls.engine.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
+
+Usage = namedtuple("Usage", "total used free")
+
+
+@pytest.fixture
+def previous(tmp_path: Path) -> Path:
+    """A run folder holding a good checkpoint (epoch 1)."""
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"epoch": 1, "model": {"w": torch.arange(4.0)}}, path)
+    return path
+
+
+def _assert_previous_kept(path: Path) -> None:
+    assert load_checkpoint(path)["epoch"] == 1
+    assert sorted(os.listdir(path.parent)) == ["checkpoint.pt"]  # no checkpoint.pt.tmp left behind
+
+
+def test_save_and_load_round_trip(previous):
+    state = load_checkpoint(previous)
+    assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.arange(4.0))
+
+
+def test_disk_full_errno_removes_partial_file_and_keeps_previous(previous, monkeypatch):
+    real_save = torch.save
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        Path(f).write_bytes(Path(f).read_bytes()[:100])  # what was written before the disk filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(CheckpointWriteError) as info:
+        save_checkpoint({"epoch": 2}, previous)
+    assert str(info.value) == (f"no space left on device while writing {previous} (the partial file was removed; the "
+                               "previous checkpoint.pt, if any, is kept); free some space, then resume with --resume")
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    _assert_previous_kept(previous)
+
+
+@pytest.fixture
+def file_size_limit():
+    """Writes past 64 KiB fail with EFBIG (SIGXFSZ ignored) while the fixture is active: torch's zip writer then
+    fails exactly as on a full disk (``RuntimeError ... unexpected pos``, the errno lost)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_real_torch_write_failure_on_a_full_disk(previous, monkeypatch, file_size_limit):
+    big = {"epoch": 2, "model": {"w": torch.zeros(1 << 18)}}  # 1 MiB
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
+    with pytest.raises(CheckpointWriteError, match="^no space left on device while writing " + str(previous)):
+        save_checkpoint(big, previous)
+    _assert_previous_kept(previous)
+
+
+def test_real_torch_write_failure_with_free_space_is_not_called_disk_full(previous, monkeypatch, file_size_limit):
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 1 << 30, 9 << 30))
+    with pytest.raises(RuntimeError, match="unexpected pos") as info:
+        save_checkpoint({"epoch": 2, "model": {"w": torch.zeros(1 << 18)}}, previous)
+    assert not isinstance(info.value, CheckpointError)
+    _assert_previous_kept(previous)
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(CheckpointWriteError, match=f"folder '{tmp_path / 'gone'}' does not exist"):
+        save_checkpoint({"epoch": 1}, tmp_path / "gone" / "checkpoint.pt")
+
+
+class _RunsCode:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))  # what a malicious checkpoint could do while being unpickled
+
+
+def _bad_files(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, the reason its error must give)."""
+    data = good.read_bytes()
+    files = {"empty": (b"", "the file is empty (0 bytes"),
+             "truncated": (data[: len(data) // 2], "the file is truncated or corrupt"),
+             "yaml": (b"model: resnet\n", "not a PyTorch checkpoint (expected the zip archive torch.save writes; "
+                                          "the file starts with b'mode')"),
+             "pickle": (pickle.dumps({"epoch": 1}), "not a PyTorch checkpoint")}
+    out = {}
+    for name, (content, reason) in files.items():
+        (folder / f"{name}.pt").write_bytes(content)
+        out[name] = (folder / f"{name}.pt", reason)
+    with zipfile.ZipFile(folder / "zip.pt", "w") as z:
+        z.writestr("notes.txt", "hello")
+    out["zip"] = (folder / "zip.pt", "torch cannot read it (RuntimeError: ")
+    torch.save({"args": argparse.Namespace(lr=0.1)}, folder / "namespace.pt")
+    out["namespace"] = (folder / "namespace.pt", "it holds Python objects other than tensors and plain values "
+                                                 "(argparse.Namespace), which ltcls refuses to unpickle")
+    torch.save({"model": _RunsCode(str(folder / "pwned"))}, folder / "code.pt")
+    out["code"] = (folder / "code.pt", "(posix.mkdir), which ltcls refuses to unpickle because that can run "
+                                       "arbitrary code; resume only from checkpoints that ltcls wrote")
+    torch.save([1, 2], folder / "list.pt")
+    out["list"] = (folder / "list.pt", "expected a dict of training state, got list")
+    return out
+
+
+def test_unloadable_checkpoints_give_one_line_with_file_and_reason(tmp_path, previous):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, (path, reason) in _bad_files(bad, previous).items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert message.startswith(f"cannot load checkpoint {path}: ") and reason in message, (name, message)
+        assert "\n" not in message and "weights_only" not in message, (name, message)
+        err = info.value  # no chained torch traceback (with its advice) under the line
+        assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__), name
+    assert not (bad / "pwned").exists()  # the code-executing checkpoint ran nothing
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint at {bad / 'none.pt'}"):
+        load_checkpoint(bad / "none.pt")
