@@ -87,3 +87,8 @@ METHODS.declare(
     preset={"loss": {"name": "gumbel", "clamp_max": None}, "sampler": {"name": "instance"},
             "train": {"epochs": 15, "lr": 1e-4, **_SHORT}},
     preset_by_dataset={name: {"train": {"epochs": 10, "lr": 1e-5}} for name in ("imagenet_lt", "places_lt")})
+
+
+def task_of(data_name: str) -> str:
+    """The task that trains on the dataset ``data_name`` (its declaration's ``task``; classification by default)."""
+    return DATASETS.meta(data_name).get("task", "classification")
