@@ -42,7 +42,11 @@ class TrainConfig:
     """``train:`` the optimization schedule of the (first) stage.
 
     ``batch_size`` is the global batch of one optimizer step: with N processes and ``accum_steps``
-    micro-batches each process runs ``batch_size / (N * accum_steps)`` images at a time. ``amp``,
+    micro-batches each process runs ``batch_size / (N * accum_steps)`` images at a time. With
+    ``base_batch_size`` set, ``lr`` is the learning rate for that batch and is scaled linearly to
+    ``batch_size`` (Goyal et al.; mmdetection's auto-scale-lr, detectron2's reference-world-size rule).
+    Warm-up rises linearly from ``warmup_ratio`` x lr over ``warmup_iters`` optimizer steps (mmdetection: 500
+    from 0.001 for LVIS) or, when that is 0, over ``warmup_epochs`` epochs. ``amp``,
     ``channels_last`` and ``sync_bn`` apply on CUDA only (ignored on CPU); ``compile`` wraps the
     trained module in ``torch.compile``.
     """
@@ -57,6 +61,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     warmup_epochs: int = 0
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.0
+    base_batch_size: int | None = None
     clip_grad_norm: float | None = None
     accum_steps: int = 1
     seed: int = 0
@@ -104,6 +111,9 @@ class Stage2Config:
     eval-transform view. ``tau_grid``: the tau-norm sweep, chosen on ``tau_split``.
     ``dual_head_threshold``: SimCal's dual-head selection (classes with at most T training images
     take the stage-2 head's scores, the rest the stage-1 head's); ``null`` turns it off.
+    ``combine``: the dual-head model reported as the run's result: ``sel`` (SimCal's selection with T) or
+    ``avg`` (score averaging, ``(1 - combine_weight) * stage-1 + combine_weight * stage-2`` for every class, as the
+    Seesaw LVIS challenge report); both are reported whenever a dual head is asked for (T set, or ``avg``).
     """
 
     method: str | None = None
@@ -113,6 +123,8 @@ class Stage2Config:
     tau_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
     tau_split: Literal["val", "train"] = "val"
     dual_head_threshold: int | None = None
+    combine: Literal["sel", "avg"] = "sel"
+    combine_weight: float = 0.5
 
 
 @dataclass

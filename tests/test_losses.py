@@ -342,7 +342,7 @@ def test_seesaw_det_matches_mmdetection_convention():
         n = len(labels)
         cls0, obj0 = leaf(3 * torch.randn(n, num_classes, dtype=D)), leaf(2 * torch.randn(n, 2, dtype=D))
         cls1, obj1 = leaf(cls0), leaf(obj0)
-        got = loss(cls0, obj0, labels)
+        got = loss.parts(torch.cat([cls0, obj0], dim=1), labels)
         want_cls, want_obj = seesaw_det_reference(cls1, obj1, labels, cum_mm)
         close(got["loss_cls_classes"], want_cls)
         close(got["loss_cls_objectness"], want_obj)
@@ -356,7 +356,7 @@ def test_seesaw_det_matches_mmdetection_convention():
 def test_seesaw_det_all_background_batch():
     loss = build_loss("seesaw_det", num_classes=3)
     cls, obj = leaf(torch.randn(4, 3, dtype=D)), leaf(torch.randn(4, 2, dtype=D))
-    out = loss(cls, obj, torch.zeros(4, dtype=torch.long))
+    out = loss.parts(torch.cat([cls, obj], dim=1), torch.zeros(4, dtype=torch.long))
     assert out["loss_cls_classes"].item() == 0.0
     close(out["loss_cls_objectness"], F.cross_entropy(obj, torch.zeros(4, dtype=torch.long)))
     g_cls, g_obj = torch.autograd.grad(out["loss_cls_classes"] + out["loss_cls_objectness"], (cls, obj))
@@ -366,7 +366,7 @@ def test_seesaw_det_all_background_batch():
 
 def test_seesaw_det_empty_batch():
     loss = build_loss("seesaw_det", num_classes=3)
-    out = loss(torch.zeros(0, 3, dtype=D), torch.zeros(0, 2, dtype=D), torch.zeros(0, dtype=torch.long))
+    out = loss.parts(torch.zeros(0, 5, dtype=D), torch.zeros(0, dtype=torch.long))
     assert out["loss_cls_classes"].item() == 0.0 and out["loss_cls_objectness"].item() == 0.0
 
 
@@ -378,15 +378,24 @@ def test_seesaw_det_scores():
     close(scores.sum(dim=1), torch.ones(6, dtype=D))
     close(scores[:, 0], obj.softmax(1)[:, 0])
     close(scores[:, 1:], cls.softmax(1) * obj.softmax(1)[:, 1:])
-    close(build_loss("seesaw_det", num_classes=4).scores(cls, obj), scores)
+    close(build_loss("seesaw_det", num_classes=4).scores(torch.cat([cls, obj], dim=1)), scores)
 
 
 def test_seesaw_det_rejects_bad_shapes():
     loss = build_loss("seesaw_det", num_classes=3)
-    with pytest.raises(ValueError, match="class_logits"):
-        loss(torch.zeros(2, 4), torch.zeros(2, 2), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="objectness"):
-        loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"\(N, 5\).*objectness"):
+        loss(torch.zeros(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"\(N, 5\)"):
+        loss.parts(torch.zeros(2, 6), torch.tensor([0, 1]))
+
+
+def test_seesaw_det_is_an_ltloss_its_value_the_sum_of_its_parts():
+    torch.manual_seed(5)
+    logits, labels = torch.randn(6, 5, dtype=D), torch.tensor([0, 1, 2, 3, 0, 1])
+    a, b = build_loss("seesaw_det", num_classes=3), build_loss("seesaw_det", num_classes=3)
+    parts = a.parts(logits, labels)
+    close(b(logits, labels), parts["loss_cls_classes"] + parts["loss_cls_objectness"])
+    assert torch.equal(a.cum_samples, b.cum_samples) and a.cum_samples.tolist() == [2, 2, 1, 1]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -701,10 +710,9 @@ def _run(name: str) -> torch.Tensor:
     torch.manual_seed(14)
     loss = build_loss(name, num_classes=6, class_counts=ALL_COUNTS)
     logits = torch.randn(8, 6, requires_grad=True)
-    if name == "seesaw_det":
+    if name == "seesaw_det":  # C class logits then 2 objectness logits; labels 0 = background, 1..C
         obj = torch.randn(8, 2, requires_grad=True)
-        out = loss(logits, obj, torch.tensor([0, 1, 2, 0, 6, 0, 3, 0]))
-        value = out["loss_cls_classes"] + out["loss_cls_objectness"]
+        value = loss(torch.cat([logits, obj], dim=1), torch.tensor([0, 1, 2, 0, 6, 0, 3, 0]))
     else:
         value = loss(logits, torch.tensor([0, 1, 2, 3, 4, 5, 0, 6 if name == "gumbel_drop" else 0]))
     value.backward()

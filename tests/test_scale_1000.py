@@ -103,8 +103,7 @@ def test_every_loss_gives_finite_nonzero_gradients_from_a_ce_head_at_1000_classe
     logits.requires_grad_()
     if name == "seesaw_det":  # class logits + (background, foreground) objectness; every sample foreground
         objectness = torch.zeros(len(y), 2, requires_grad=True)
-        out = loss(logits, objectness, y)
-        value = out["loss_cls_classes"] + out["loss_cls_objectness"]
+        value = loss(torch.cat([logits, objectness], dim=1), y)
     else:
         value = loss(logits, y)
     value.backward()

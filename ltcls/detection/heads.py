@@ -29,7 +29,6 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from ltcls.losses.base import LTLoss
 from ltcls.losses.gumbel import gumbel_probs
-from ltcls.losses.seesaw_det import seesaw_det_scores
 from ltcls.registry import Registry
 
 #: Box classification adapters by loss name (the config's ``loss.name`` picks one).
@@ -88,14 +87,11 @@ class SeesawClassification(BoxClassification):
 
     extra_outputs = 2
 
-    def split(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return packed[:, : self.num_classes], packed[:, self.num_classes:]
-
     def losses(self, packed: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.loss(*self.split(packed), labels)
+        return self.loss.parts(packed, labels)
 
     def scores(self, packed: torch.Tensor) -> torch.Tensor:
-        return seesaw_det_scores(*self.split(packed))
+        return self.loss.scores(packed)
 
 
 class GumbelActivationClassification(BoxClassification):

@@ -9,9 +9,11 @@ batch; 16 in the paper), then one training image containing each; of that image'
 test settings plus the ground-truth boxes, matched at IoU 0.5) only those of the drawn class are kept,
 with as many background proposals drawn at random (1:1).
 
-Dual-head inference ('sel'): classes with at most ``stage2.dual_head_threshold`` (T) training
+Dual-head inference, 'sel': classes with at most ``stage2.dual_head_threshold`` (T) training
 *instances* take the calibrated head's scores, the others (and background) the original head's; boxes
-and masks stay the original model's. Evaluation reports the original, calibrated and combined models.
+and masks stay the original model's. 'avg' (the Seesaw LVIS challenge report's score averaging): every
+class scored ``(1 - w) * original + w * calibrated``. Evaluation reports the original, calibrated, combined
+('sel') and averaged models; ``stage2.combine`` says which is the run's result.
 
 This is a plug-in stage-2 method (declared in :mod:`ltcls.detection` with its preset); the shared stage-2
 runner loads the finished run and calls :func:`simcal`.
@@ -40,13 +42,25 @@ from ltcls.detection.task import BBOX_KEYS, SEGM_KEYS, DetectionTask, LVISEvalua
 from ltcls.engine.evaluation import DatasetEvaluator, EvalContext
 from ltcls.engine.stage import Stage
 from ltcls.models.classifiers import build_classifier
-from ltcls.models.dual_head import dual_head_select
+from ltcls.models.dual_head import dual_head_average, dual_head_select
 from ltcls.registries import METHODS
 from ltcls.stage2.runner import Plan, Rows, Stage2Context
 
 log = logging.getLogger("ltcls")
 
-MODES = ("original", "calibrated", "combined")
+MODES = ("original", "calibrated", "combined", "averaged")
+
+
+def simcal_modes(threshold: int | None) -> tuple[str, ...]:
+    """The models evaluated: SimCal's selection ('combined') needs T; score averaging is always reported."""
+    return tuple(m for m in MODES if m != "combined" or threshold is not None)
+
+
+def selected_mode(combine: str, threshold: int | None) -> str:
+    """The model whose metrics are the run's top-level AP (``stage2.combine``)."""
+    if combine == "avg":
+        return "averaged"
+    return "combined" if threshold is not None else "calibrated"
 
 
 class BiLevelDataset(Dataset):
@@ -129,16 +143,18 @@ class _DualScoring(nn.Module):
     """Scores of the original head, the calibrated head, or SimCal's selection between them."""
 
     def __init__(self, original: BoxClassification, calibrated: BoxClassification, width: int, mode: str,
-                 counts: torch.Tensor, threshold: int | None) -> None:
+                 counts: torch.Tensor, threshold: int | None, weight: float) -> None:
         super().__init__()
         self.original, self.calibrated = original, calibrated
-        self.width, self.mode, self.counts, self.threshold = width, mode, counts, threshold
+        self.width, self.mode, self.counts, self.threshold, self.weight = width, mode, counts, threshold, weight
 
     def scores(self, packed: torch.Tensor) -> torch.Tensor:
         s_cal = self.calibrated.scores(packed[:, self.width:])
         if self.mode == "calibrated":
             return s_cal
         s_orig = self.original.scores(packed[:, : self.width])
+        if self.mode == "averaged":
+            return dual_head_average(s_orig, s_cal, self.weight)
         return dual_head_select(s_orig, s_cal, self.counts.to(packed.device), self.threshold)
 
 
@@ -146,20 +162,21 @@ class SimCalModel(nn.Module):
     """The frozen detector (``detector``) and the calibrated head (``head``).
 
     Training forward: the calibration loss dict on bi-level-sampled proposals. Eval forward: ``{mode:
-    detections}`` for each of ``modes`` (``original``, ``calibrated``, and ``combined`` with threshold T).
+    detections}`` for each of :func:`simcal_modes` (``original``, ``calibrated``, ``combined`` with threshold T,
+    ``averaged`` with the calibrated head's weight ``weight``).
     """
 
     def __init__(self, detector: LTMaskRCNN, head: CalibratedHead, instance_counts: np.ndarray,
-                 threshold: int | None) -> None:
+                 threshold: int | None, weight: float = 0.5) -> None:
         super().__init__()
         self.detector = detector
         self.head = head
         background = np.iinfo(np.int64).max  # background always takes the original head's score
         self.register_buffer("counts", torch.as_tensor(np.concatenate([[background], instance_counts])),
                              persistent=False)
-        self.threshold = threshold
-        self.modes = tuple(m for m in MODES if m != "combined" or threshold is not None)
-        self.mode = "combined" if threshold is not None else "calibrated"
+        self.threshold, self.weight = threshold, weight
+        self.modes = simcal_modes(threshold)
+        self.mode = self.modes[-1]
         for p in detector.parameters():
             p.requires_grad_(False)
 
@@ -185,7 +202,7 @@ class SimCalModel(nn.Module):
         rh.box_head = _DualBoxHead(saved[0], self.head)
         rh.box_predictor = _DualBoxPredictor(saved[1])
         rh.box_classification = _DualScoring(saved[2], self.head.box_classification, width, self.mode, self.counts,
-                                             self.threshold)
+                                             self.threshold, self.weight)
         try:
             yield
         finally:
@@ -221,11 +238,13 @@ class SimCalModel(nn.Module):
 
 
 class SimCalEvaluator(DatasetEvaluator):
-    """One LVIS evaluator per model (original, calibrated, combined); the report's top-level AP keys are the
-    selected model's (combined with T, else calibrated), each model's metrics under its name."""
+    """One LVIS evaluator per model (original, calibrated, combined, averaged); the report's top-level AP keys
+    are the ``selected`` model's, each model's metrics under its name."""
 
-    def __init__(self, dataset: Any, modes: tuple[str, ...], mask_threshold: float, max_dets: int) -> None:
+    def __init__(self, dataset: Any, modes: tuple[str, ...], selected: str, mask_threshold: float,
+                 max_dets: int) -> None:
         self.evaluators = {m: LVISEvaluator(dataset, mask_threshold, max_dets) for m in modes}
+        self.selected = selected
 
     def reset(self) -> None:
         for e in self.evaluators.values():
@@ -237,7 +256,7 @@ class SimCalEvaluator(DatasetEvaluator):
 
     def evaluate(self) -> dict[str, Any]:
         results = {mode: e.evaluate() for mode, e in self.evaluators.items()}
-        selected = list(results)[-1]
+        selected = self.selected
         report: dict[str, Any] = {k: results[selected].get(k) for k in SEGM_KEYS + BBOX_KEYS}
         report.update(results)
         report["selected"] = selected
@@ -246,18 +265,22 @@ class SimCalEvaluator(DatasetEvaluator):
 
 
 class SimCalTask(DetectionTask):
-    """Detection evaluated as SimCal's original / calibrated / combined models in one pass over the split."""
+    """Detection evaluated as SimCal's original / calibrated / combined / averaged models in one pass over the
+    split."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.threshold = cfg.stage2.dual_head_threshold
+        self.weight = cfg.stage2.combine_weight
+        self.selected = selected_mode(cfg.stage2.combine, self.threshold)
 
     def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
-        modes = tuple(m for m in MODES if m != "combined" or self.threshold is not None)
-        return SimCalEvaluator(dataset, modes, self.mask_threshold, self.max_dets)
+        return SimCalEvaluator(dataset, simcal_modes(self.threshold), self.selected, self.mask_threshold,
+                               self.max_dets)
 
     def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
         report["dual_head_threshold"] = self.threshold
+        report["combine_weight"] = self.weight
         for mode in MODES:
             if mode in report:
                 log.info("simcal %s  %s", mode, summary_line(report[mode]))
@@ -286,12 +309,14 @@ def simcal(ctx: Stage2Context) -> Plan:
         box_classification.init_classifier(classifier)
     head = CalibratedHead(copy.deepcopy(original.box_head), classifier, box_classification)
     threshold = cfg.stage2.dual_head_threshold
-    model = SimCalModel(detector, head, data.train.instance_counts, threshold)
+    model = SimCalModel(detector, head, data.train.instance_counts, threshold, cfg.stage2.combine_weight)
     stage = Stage("simcal", loss, cfg.train, cfg.sampler, eval_modules=[detector],
                   train_set=BiLevelDataset(data.train))
 
     def rows(report: dict[str, Any]) -> Rows:
-        return [(mode, report[mode]) for mode in MODES if mode in report]
+        names = {"combined": f"combined sel (T = {threshold})",
+                 "averaged": f"averaged (w = {cfg.stage2.combine_weight:g})"}
+        return [(names.get(mode, mode), report[mode]) for mode in MODES if mode in report]
 
     return Plan(stage, model=model, task=SimCalTask(cfg), rows=rows,
                 title=f"{ctx.stage1_dir} -> SimCal (T = {threshold})")

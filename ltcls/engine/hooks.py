@@ -36,7 +36,18 @@ class HookBase:
 
 
 class EpochLogHook(HookBase):
-    """One log line per epoch: loss, lr, throughput, time."""
+    """What a stage will do (samples and optimizer steps per epoch, the learning rate and its scaling, the
+    warm-up) at its start; one line per epoch: loss, lr, throughput, time."""
+
+    def before_stage(self, trainer: Trainer, stage: Stage, state: LoopState) -> None:
+        t = stage.train
+        lr = state.optimizer.param_groups[0]["initial_lr"]
+        scaled = (f" (train.lr {t.lr:g} for base batch {t.base_batch_size}, scaled linearly to batch {t.batch_size})"
+                  if t.base_batch_size else "")
+        warmup = (f", warm-up {state.warmup_steps} steps from {t.warmup_ratio:g} x lr" if state.warmup_steps else "")
+        samples = len(state.sampler) * trainer.dist.world_size
+        log.info("%s: %d epochs x %d steps (%d samples per epoch, %s sampler, batch %d), lr %.4g%s%s", stage.name,
+                 t.epochs, state.steps_per_epoch, samples, stage.sampler.name, t.batch_size, lr, scaled, warmup)
 
     def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
         log.info("%s epoch %d/%d  loss %.4f  lr %.4g  %.0f img/s  (%.1fs)", stage.name, state.epoch, stage.train.epochs,

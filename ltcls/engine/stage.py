@@ -49,3 +49,5 @@ class LoopState:
     wrapped: nn.Module
     epoch: int = 0
     step: int = 0
+    steps_per_epoch: int = 0
+    warmup_steps: int = 0

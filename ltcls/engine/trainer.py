@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from ltcls.config import Config, EvalConfig
+from ltcls.config import Config, EvalConfig, TrainConfig
 from ltcls.data.base import DataSplits
 from ltcls.data.build import build_sampler
 from ltcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -49,19 +49,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, schedule: str, warmup_epochs: int,
-              milestones: list[int], gamma: float) -> float:
-    """Multiplier of the base lr at optimizer ``step``: linear warmup, then cosine / step / constant."""
-    warmup = warmup_epochs * steps_per_epoch
-    if step < warmup:
-        return (step + 1) / warmup
+def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, schedule: str, warmup_steps: int,
+              warmup_ratio: float, milestones: list[int], gamma: float) -> float:
+    """Multiplier of the base lr at optimizer ``step``: linear warm-up from ``warmup_ratio`` over
+    ``warmup_steps``, then cosine / step / constant."""
+    if step < warmup_steps:
+        return warmup_ratio + (1.0 - warmup_ratio) * (step + 1) / warmup_steps
     if schedule == "cosine":
-        total = max(epochs * steps_per_epoch - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
+        total = max(epochs * steps_per_epoch - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, total) / total))
     if schedule == "step":
         epoch = step // steps_per_epoch
         return gamma ** sum(epoch >= m for m in milestones)
     return 1.0
+
+
+def scaled_lr(t: TrainConfig) -> float:
+    """``train.lr``, scaled linearly from ``train.base_batch_size`` to the global ``train.batch_size`` if set."""
+    return t.lr * t.batch_size / t.base_batch_size if t.base_batch_size else t.lr
 
 
 def default_hooks(cfg: Config, reporter: Reporter | None) -> list[HookBase]:
@@ -138,12 +143,13 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{stage.name}: nothing to train (every parameter is frozen)")
-        optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        optimizer = torch.optim.SGD(params, lr=scaled_lr(t), momentum=t.momentum, weight_decay=t.weight_decay,
                                     nesterov=t.nesterov and t.momentum > 0)
         steps = max(len(loader) // t.accum_steps, 1)
+        warmup = t.warmup_iters or t.warmup_epochs * steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-            s, steps_per_epoch=steps, epochs=t.epochs, schedule=t.schedule, warmup_epochs=t.warmup_epochs,
-            milestones=t.milestones, gamma=t.gamma))
+            s, steps_per_epoch=steps, epochs=t.epochs, schedule=t.schedule, warmup_steps=warmup,
+            warmup_ratio=t.warmup_ratio, milestones=t.milestones, gamma=t.gamma))
         amp = t.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda") if amp and t.amp_dtype == "float16" else None
         stage.loss.to(self.device)
@@ -153,7 +159,8 @@ class Trainer:
                                               else None)
         if t.compile:
             wrapped = torch.compile(wrapped)
-        return LoopState(index, loader, sampler, optimizer, scheduler, scaler, amp, wrapped)
+        return LoopState(index, loader, sampler, optimizer, scheduler, scaler, amp, wrapped, steps_per_epoch=steps,
+                         warmup_steps=warmup)
 
     def _set_mode(self, stage: Stage) -> None:
         self.model.train()

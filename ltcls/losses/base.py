@@ -19,6 +19,7 @@ class LTLoss(nn.Module):
     * ``set_epoch(epoch, epochs)``: called at the start of every epoch (schedules such as DRW).
     * ``init_classifier(classifier)``: called once on a freshly built classifier (Gumbel's init).
     * ``scores(logits)``: inference class scores (softmax by default; Gumbel probabilities differ).
+    * ``parts(logits, labels)``: the named terms whose sum is the loss (one term by default), for logs.
 
     Losses keep their state (e.g. Seesaw's cumulative counts) in registered buffers so that it is
     saved and restored with the checkpoint.
@@ -33,6 +34,10 @@ class LTLoss(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-class scores used at inference."""
         return logits.softmax(dim=-1)
+
+    def parts(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss as named terms (their sum is ``self(logits, labels)``); one call, one update of any state."""
+        return {"loss": self(logits, labels)}
 
 
 def as_counts(class_counts, num_classes: int | None = None) -> torch.Tensor:

@@ -29,8 +29,9 @@ def seesaw_det_scores(class_logits: torch.Tensor, objectness_logits: torch.Tenso
 class SeesawDetLoss(LTLoss):
     """Seesaw loss with an objectness branch for a two-stage detector's box head.
 
-    Called as ``loss(class_logits (N, C), objectness_logits (N, 2), labels (N,))`` over all sampled
-    RoIs; returns ``{"loss_cls_classes", "loss_cls_objectness"}`` (their sum is the classification loss).
+    Called as ``loss(logits (N, C + 2), labels (N,))`` over all sampled RoIs, the logits packed as C class
+    logits then 2 objectness logits (background, foreground), like any ``LTLoss``; :meth:`parts` gives
+    ``{"loss_cls_classes", "loss_cls_objectness"}`` (their sum is the loss) for the detector's loss dict.
 
     * ``cum_samples`` (C+1,) int64 buffer, index = label (0 = background), updated with every label
       (all-reduced across ranks) before the loss; mitigation uses the C class entries.
@@ -52,12 +53,17 @@ class SeesawDetLoss(LTLoss):
         self.p, self.q, self.eps = p, q, eps
         self.register_buffer("cum_samples", torch.zeros(self.num_classes + 1, dtype=torch.long))
 
-    def forward(self, class_logits: torch.Tensor, objectness_logits: torch.Tensor,
-                labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if class_logits.ndim != 2 or class_logits.shape[1] != self.num_classes:
-            raise ValueError(f"class_logits must be (N, {self.num_classes}), got {tuple(class_logits.shape)}")
-        if objectness_logits.shape != (class_logits.shape[0], 2):
-            raise ValueError(f"objectness_logits must be (N, 2), got {tuple(objectness_logits.shape)}")
+    def split(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed logits ``(N, C + 2)`` -> class logits ``(N, C)`` and objectness logits ``(N, 2)``."""
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes + 2:
+            raise ValueError(f"seesaw_det logits must be (N, {self.num_classes + 2}) (C class logits, then background "
+                             f"and foreground objectness), got {tuple(logits.shape)}")
+        return logits[:, : self.num_classes], logits[:, self.num_classes:]
+
+    def parts(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss_cls_classes", "loss_cls_objectness"}`` of packed logits ``(N, C + 2)`` (labels 0 = background);
+        updates the counts once."""
+        class_logits, objectness_logits = self.split(logits)
         labels = labels.long()
         update_counts(self.cum_samples, labels)
         avg_factor = max(labels.numel(), 1)
@@ -68,9 +74,14 @@ class SeesawDetLoss(LTLoss):
         loss_objectness = F.cross_entropy(objectness_logits, fg.long(), reduction="sum") / avg_factor
         return {"loss_cls_classes": loss_classes, "loss_cls_objectness": loss_objectness}
 
-    def scores(self, class_logits: torch.Tensor, objectness_logits: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """Inference scores (N, C+1), column 0 background: see :func:`seesaw_det_scores`."""
-        return seesaw_det_scores(class_logits, objectness_logits)
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The classification loss: the sum of :meth:`parts`."""
+        parts = self.parts(logits, labels)
+        return parts["loss_cls_classes"] + parts["loss_cls_objectness"]
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Inference scores (N, C+1) of packed logits, column 0 background: see :func:`seesaw_det_scores`."""
+        return seesaw_det_scores(*self.split(logits))
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, p={self.p}, q={self.q}, eps={self.eps}"

@@ -23,3 +23,14 @@ def dual_head_select(scores_original: torch.Tensor, scores_calibrated: torch.Ten
         raise ValueError(f"{counts.numel()} class counts for {scores_original.shape[-1]} score columns")
     return torch.where(counts <= threshold, scores_calibrated, scores_original)
 
+
+
+def dual_head_average(scores_original: torch.Tensor, scores_calibrated: torch.Tensor,
+                      weight: float = 0.5) -> torch.Tensor:
+    """Score averaging ('avg'; the Seesaw LVIS challenge report): ``(1 - weight) * original + weight *
+    calibrated`` for every class, ``weight`` 0.5 being the plain mean of the two heads' scores."""
+    if scores_original.shape != scores_calibrated.shape:
+        raise ValueError(f"score shapes differ: {tuple(scores_original.shape)} vs {tuple(scores_calibrated.shape)}")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the averaging weight must be in [0, 1], got {weight}")
+    return (1.0 - weight) * scores_original + weight * scores_calibrated

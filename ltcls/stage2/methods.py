@@ -31,7 +31,7 @@ from ltcls.losses.base import LTLoss
 from ltcls.metrics import GROUPS, accuracy_report
 from ltcls.models.classifiers import build_classifier
 from ltcls.models.decoupled import LWSClassifier, NCMClassifier, TauNormClassifier
-from ltcls.models.dual_head import dual_head_select
+from ltcls.models.dual_head import dual_head_average, dual_head_select
 from ltcls.registries import METHODS
 from ltcls.reporting import tau_sweep_figure
 from ltcls.stage2.runner import Plan, Rows, Stage2Context
@@ -120,37 +120,49 @@ class Decoupled:
         return Plan(stage, rows=self.rows)
 
     def rows(self, report: dict[str, Any]) -> Rows:
-        """The stage-2 row, and SimCal's dual head (stage-1 head for frequent classes) when asked for."""
+        """The stage-2 row, and the dual heads (SimCal's 'sel' with T, score averaging 'avg') when asked for."""
         report.update(self.extra)
         report["feature_cache"] = self.use_cache()
         rows: Rows = [(f"stage 2 ({self.method})", report)]
-        threshold = self.cfg.stage2.dual_head_threshold
-        if threshold is not None:
-            dual = self.dual_head_report(self.stage.loss, threshold)
-            report["dual_head"] = dual
-            rows.append((f"dual head (T = {threshold})", dual["combined"]))
-            if self.ctx.reporter is not None:
+        s2 = self.cfg.stage2
+        if s2.dual_head_threshold is None and s2.combine != "avg":
+            return rows
+        dual = self.dual_head_report(self.stage.loss)
+        report["dual_head"] = dual
+        if "sel" in dual:
+            rows.append((f"dual head sel (T = {s2.dual_head_threshold})", dual["sel"]))
+        rows.append((f"dual head avg (w = {s2.combine_weight:g})", dual["avg"]))
+        if self.ctx.reporter is not None:
+            for name in ("combined", "sel", "avg"):
+                tag = "dual_head" if name == "combined" else f"dual_head_{name}"
                 for k in ("overall", *GROUPS):
-                    if dual["combined"][k] is not None:
-                        self.ctx.reporter.scalar(f"dual_head/{k}", dual["combined"][k], 0)
+                    if name in dual and dual[name][k] is not None:
+                        self.ctx.reporter.scalar(f"{tag}/{k}", dual[name][k], 0)
         return rows
 
-    def dual_head_report(self, stage2_loss: LTLoss, threshold: int) -> dict[str, Any]:
-        """Accuracy of the stage-1 head, the stage-2 head and SimCal's dual-head combination on the eval split."""
-        e = self.cfg.eval
+    def dual_head_report(self, stage2_loss: LTLoss) -> dict[str, Any]:
+        """Accuracy of the stage-1 head, the stage-2 head, SimCal's selection ('sel', with T) and score averaging
+        ('avg') on the eval split; ``combined`` is the one ``stage2.combine`` picks."""
+        e, s2 = self.cfg.eval, self.cfg.stage2
         trainer = self.ctx.trainer
         loader = trainer.loader(self.features(e.split), e.batch_size)
         device = trainer.device
         stage1_loss = build_stage_loss(self.ctx.stage1_cfg, self.ctx.data)
         s1 = stage1_loss.scores(predict(self.stage1_head.to(device), loader, device)[0])
         logits2, labels = predict(self.model.classifier, loader, device)
-        s2 = stage2_loss.scores(logits2)
-        combined = dual_head_select(s1, s2, torch.as_tensor(self.ctx.data.class_counts), threshold)
-        out: dict[str, Any] = {"threshold": threshold}
-        for name, scores in (("stage1_head", s1), ("stage2_head", s2), ("combined", combined)):
+        s2_scores = stage2_loss.scores(logits2)
+        models = {"stage1_head": s1, "stage2_head": s2_scores,
+                  "avg": dual_head_average(s1, s2_scores, s2.combine_weight)}
+        if s2.dual_head_threshold is not None:
+            counts = torch.as_tensor(self.ctx.data.class_counts)
+            models["sel"] = dual_head_select(s1, s2_scores, counts, s2.dual_head_threshold)
+        out: dict[str, Any] = {"threshold": s2.dual_head_threshold, "weight": s2.combine_weight,
+                               "combine": s2.combine if s2.dual_head_threshold is not None else "avg"}
+        for name, scores in models.items():
             r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), self.ctx.data.class_counts,
                                 e.many_threshold, e.few_threshold)
             out[name] = {k: r[k] for k in ("overall", *GROUPS)}
+        out["combined"] = out[out["combine"]]
         return out
 
 
