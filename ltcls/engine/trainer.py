@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from ltcls.config import Config, EvalConfig, TrainConfig
 from ltcls.data.base import DataSplits
@@ -103,13 +103,20 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- data
     def loader(self, dataset: Dataset, batch_size: int, sampler: Any = None, train: bool = False) -> DataLoader:
-        """A DataLoader with the task's collate function; in-memory datasets (cached features) use no workers."""
-        in_memory = getattr(getattr(dataset, "dataset", dataset), "in_memory", False)
-        workers = 0 if in_memory else self.cfg.train.num_workers
+        """A DataLoader with the task's collate function; in-memory datasets (cached features) use no workers,
+        and a ``batched`` one is indexed with each whole batch of indices (one gather, no collation)."""
+        base = getattr(dataset, "dataset", dataset)  # under a rank shard (Subset)
+        workers = 0 if getattr(base, "in_memory", False) else self.cfg.train.num_workers
         count = len(sampler) if sampler is not None else len(dataset)
+        drop_last = train and count >= batch_size
+        pin = self.device.type == "cuda"
+        if getattr(base, "batched", False):
+            order = sampler if sampler is not None else SequentialSampler(dataset)
+            batches = BatchSampler(order, batch_size, drop_last)
+            return DataLoader(dataset, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                          collate_fn=self.task.collate_fn, pin_memory=self.device.type == "cuda",
-                          drop_last=train and count >= batch_size, persistent_workers=False)
+                          collate_fn=self.task.collate_fn, pin_memory=pin, drop_last=drop_last,
+                          persistent_workers=False)
 
     def eval_split(self, stage: Stage | None = None) -> tuple[str, Dataset]:
         """The configured evaluation split (``eval.split``), as the stage sees it (images or features)."""
