@@ -1,25 +1,30 @@
-"""LVIS evaluation: pycocotools' ``COCOeval`` with LVIS's federated rules, plus bounded-memory prediction.
+"""LVIS evaluation: faster-coco-eval's LVIS mode with LVIS's federated rules, plus bounded-memory prediction.
 
-Why pycocotools and not the ``lvis`` package: ``lvis`` 0.5.3 (the last release) fails on numpy 2
-(``np.float`` in ``accumulate``), does not declare its pycocotools dependency, pulls in opencv and calls
-``logging.basicConfig`` on import. Its evaluator is COCO's matching with three additions, which
-:class:`LVISEval` adds to pycocotools' maintained ``COCOeval`` by subclassing:
+The scoring runs on ``faster-coco-eval`` (``COCOeval_faster(..., lvis_style=True)``: pycocotools' matching and
+accumulation in C++, LVIS's federated rules built in, numpy 2, maintained). Neither the ``lvis`` package
+(0.5.3, the last release: fails on numpy 2 with ``np.float``, pulls in opencv, calls ``logging.basicConfig``
+on import) nor a Python COCOeval is fast enough for LVIS v1 val (19,809 images x 300 detections). LVIS's
+evaluator is COCO's matching with three additions:
 
-1. federated filtering (``_prepare``): a detection of category c in image I is evaluated only if c is
-   annotated in I (positive) or in I's ``neg_category_ids`` (verified absent); other detections are
-   dropped, since nothing is known about c in I;
-2. not-exhaustive categories (``evaluateImg``): an unmatched detection of a category in I's
-   ``not_exhaustive_category_ids`` is ignored (not a false positive); matched ones still count;
-3. at most ``max_dets`` (300) detections per image over all categories (highest scores), and
-   AP over all categories plus APr / APc / APf over the categories of each ``frequency`` group.
+1. federated filtering: a detection of category c in image I is evaluated only if c is annotated in I
+   (positive) or in I's ``neg_category_ids`` (verified absent); other detections are dropped, since nothing
+   is known about c in I;
+2. not-exhaustive categories: an unmatched detection of a category in I's ``not_exhaustive_category_ids``
+   is ignored (not a false positive); matched ones still count;
+3. at most ``max_dets`` (300) detections per image over all categories (highest scores), and AP over all
+   categories plus APr / APc / APf over the categories of each ``frequency`` group.
 
-Everything else (IoU thresholds .5:.95, 101 recall points, area ranges, greedy matching, the
-interpolated precision) is COCOeval's, which matches the LVIS API's code. ``evaluate`` is re-done
-sparsely: COCOeval visits every (image, category) pair (24M on LVIS v1 val, each leaving a dict
-entry); here only pairs with ground truth or detections are evaluated (the result is identical; see
-the tests). Segm results take their area from the mask and bbox results from the box (pycocotools'
-``loadRes`` rule, as detectron2; mmdetection's segm json carries boxes, so lvis-api uses box areas
-there, which only affects APs / APm / APl).
+faster-coco-eval does 1 and 2 (and, by ``maxDets``, a per-category limit); ltcls adds 3's per-image limit
+and the federated filter in front of it, vectorised over all results (:func:`federated_subset`), so the
+evaluator only builds and indexes the detections that count (on LVIS-shaped data about a third), and bbox
+and segm share one indexed ground truth (:func:`lvis_evaluate_all`). Everything else (IoU thresholds
+.5:.95, 101 recall points, area ranges, greedy matching, interpolated precision) is COCOeval's, which
+matches the LVIS API's code. Segm results take their area from the mask and bbox results from the box
+(pycocotools' ``loadRes`` rule, as detectron2; mmdetection's segm json carries boxes, so lvis-api uses box
+areas there, which only affects APs / APm / APl).
+
+:class:`LVISEval`, the earlier pycocotools ``COCOeval`` subclass with the same rules (evaluated sparsely),
+is kept as an independent implementation the tests compare against (to 1e-6 on every metric).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from faster_coco_eval import COCO as FastCOCO
+from faster_coco_eval import COCOeval_faster
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -129,28 +136,35 @@ class LVISEval(COCOeval):
         self._paramsEval = copy.deepcopy(p)
 
     def summary(self) -> dict[str, float | None]:
-        """AP, AP50, AP75, APs/m/l, APr/c/f (percent; ``None`` where no category of the group has ground
-        truth) and AR@max_dets, from the accumulated precision / recall."""
-        p = self.params
-        precision = self.eval["precision"][..., -1]  # (T, R, K, A) at max_dets
-        recall = self.eval["recall"][..., -1]  # (T, K, A)
-        area = {lbl: i for i, lbl in enumerate(p.areaRngLbl)}
-        t50, t75 = int(np.argmin(np.abs(p.iouThrs - 0.5))), int(np.argmin(np.abs(p.iouThrs - 0.75)))
-        freq = [self.cocoGt.cats[c].get("frequency") for c in p.catIds]
+        """The LVIS summary (:func:`summarize`) of the accumulated precision / recall."""
+        freq = [self.cocoGt.cats[c].get("frequency") for c in self.params.catIds]
+        return summarize(self.eval["precision"], self.eval["recall"], self.params, freq, self.max_dets)
 
-        def mean(x: np.ndarray) -> float | None:
-            x = x[x > -1]
-            return float(np.mean(x) * 100.0) if x.size else None
 
-        out = {"AP": mean(precision[..., area["all"]]), "AP50": mean(precision[t50, ..., area["all"]]),
-               "AP75": mean(precision[t75, ..., area["all"]])}
-        for key, lbl in (("APs", "small"), ("APm", "medium"), ("APl", "large")):
-            out[key] = mean(precision[..., area[lbl]])
-        for f in FREQUENCIES:
-            cats = [k for k, fr in enumerate(freq) if fr == f]
-            out[f"AP{f}"] = mean(precision[:, :, cats, area["all"]]) if cats else None
-        out[f"AR@{self.max_dets}"] = mean(recall[..., area["all"]])
-        return out
+def summarize(precision: np.ndarray, recall: np.ndarray, params: Any, frequency: Sequence[str | None],
+              max_dets: int) -> dict[str, float | None]:
+    """AP, AP50, AP75, APs/m/l, APr/c/f (percent; ``None`` where no category of the group has ground truth) and
+    AR@max_dets from COCOeval's accumulated ``precision`` (T, R, K, A, M) and ``recall`` (T, K, A, M), read at the
+    last ``maxDets``; ``frequency`` is the r / c / f label of each of ``params.catIds``."""
+    p = params
+    precision = precision[..., -1]  # (T, R, K, A) at max_dets
+    recall = recall[..., -1]  # (T, K, A)
+    area = {lbl: i for i, lbl in enumerate(p.areaRngLbl)}
+    t50, t75 = int(np.argmin(np.abs(p.iouThrs - 0.5))), int(np.argmin(np.abs(p.iouThrs - 0.75)))
+
+    def mean(x: np.ndarray) -> float | None:
+        x = x[x > -1]
+        return float(np.mean(x) * 100.0) if x.size else None
+
+    out = {"AP": mean(precision[..., area["all"]]), "AP50": mean(precision[t50, ..., area["all"]]),
+           "AP75": mean(precision[t75, ..., area["all"]])}
+    for key, lbl in (("APs", "small"), ("APm", "medium"), ("APl", "large")):
+        out[key] = mean(precision[..., area[lbl]])
+    for f in FREQUENCIES:
+        cats = [k for k, fr in enumerate(frequency) if fr == f]
+        out[f"AP{f}"] = mean(precision[:, :, cats, area["all"]]) if cats else None
+    out[f"AR@{max_dets}"] = mean(recall[..., area["all"]])
+    return out
 
 
 def gt_coco(gt: Mapping[str, Any]) -> COCO:
@@ -200,23 +214,131 @@ def results_coco(gt: COCO, results: Sequence[Mapping[str, Any]], iou_type: str, 
     return coco
 
 
-def lvis_evaluate(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str = "segm",
-                  max_dets: int = 300, img_ids: Sequence[int] | None = None) -> dict[str, float | None]:
-    """LVIS metrics (percent) of ``results`` (dicts with image_id, category_id, score and bbox [x, y, w, h]
-    or segmentation RLE) against the LVIS json ``gt``, on ``img_ids`` (default: every gt image)."""
-    start = time.perf_counter()
+def reference_lvis_evaluate(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str = "segm",
+                            max_dets: int = 300, img_ids: Sequence[int] | None = None) -> dict[str, float | None]:
+    """:func:`lvis_evaluate` on :class:`LVISEval` (pycocotools in Python): the independent implementation the tests
+    compare the faster-coco-eval path against. Slow on large sets (see BENCHMARKS.md)."""
     coco_gt = gt_coco(gt)
-    coco_dt = results_coco(coco_gt, results, iou_type, max_dets)
-    ev = LVISEval(coco_gt, coco_dt, iou_type, max_dets)
+    ev = LVISEval(coco_gt, results_coco(coco_gt, results, iou_type, max_dets), iou_type, max_dets)
     if img_ids is not None:
         ev.params.imgIds = sorted(int(i) for i in img_ids)
     with _quiet():
         ev.evaluate()
         ev.accumulate()
-    summary = ev.summary()
-    log.debug("LVIS %s evaluation of %d results on %d images: %.1fs", iou_type, len(results),
-              len(ev.params.imgIds), time.perf_counter() - start)
-    return summary
+    return ev.summary()
+
+
+def _result_areas(results: Sequence[Mapping[str, Any]], iou_type: str) -> np.ndarray:
+    """Each result's area: the mask's pixel count (segm) or the box's w * h (bbox), as ``loadRes`` computes it."""
+    if not results:
+        return np.zeros(0)
+    if iou_type == "segm":
+        return mask_utils.area([r["segmentation"] for r in results]).astype(np.float64)
+    wh = np.array([r["bbox"][2:4] for r in results], dtype=np.float64).reshape(-1, 2)
+    return wh[:, 0] * wh[:, 1]
+
+
+def federated_subset(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str,
+                     max_dets: int = 300, img_ids: Sequence[int] | None = None) -> list[Mapping[str, Any]]:
+    """The results LVIS evaluation uses, in input order: the top ``max_dets`` per image (over all categories,
+    stable on ties), then those of a category positive or negative in their image (the federated filter) and of
+    non-zero area, on ``img_ids`` (default: every gt image). Vectorised over all results; idempotent, so each rank
+    may apply it to its own images before results are gathered (a rank's shard holds whole images)."""
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    gt_imgs = np.fromiter((im["id"] for im in gt["images"]), dtype=np.int64, count=len(gt["images"]))
+    n = len(results)
+    img = np.fromiter((r["image_id"] for r in results), dtype=np.int64, count=n)
+    unknown = np.setdiff1d(img, gt_imgs)
+    if unknown.size:
+        raise ValueError(f"{unknown.size} result image ids are not in the ground truth, e.g. {unknown[:3].tolist()}")
+    if n == 0:
+        return []
+    cat = np.fromiter((r["category_id"] for r in results), dtype=np.int64, count=n)
+    score = np.fromiter((r["score"] for r in results), dtype=np.float64, count=n)
+    order = np.lexsort((-score, img))  # by image, then score descending; stable, as sorted() is
+    group_start = np.r_[0, np.flatnonzero(np.diff(img[order])) + 1]
+    rank = np.arange(n) - np.repeat(group_start, np.diff(np.r_[group_start, n]))
+    keep = np.zeros(n, dtype=bool)
+    keep[order[rank < max_dets]] = True
+    # federated filter: (image, category) keys of positive (non-zero-area annotation) and negative categories
+    anns = [a for a in gt["annotations"] if a["area"] > 0]
+    pos = np.array([(a["image_id"], a["category_id"]) for a in anns], dtype=np.int64).reshape(-1, 2)
+    neg = np.array([(im["id"], c) for im in gt["images"] for c in im.get("neg_category_ids", ())],
+                   dtype=np.int64).reshape(-1, 2)
+    allowed = np.concatenate([pos, neg])
+    width = int(max(cat.max(), allowed[:, 1].max(initial=0))) + 1
+    keep &= np.isin(img * width + cat, allowed[:, 0] * width + allowed[:, 1])
+    if img_ids is not None:
+        keep &= np.isin(img, np.asarray(list(img_ids), dtype=np.int64))
+    kept = np.flatnonzero(keep)
+    areas = _result_areas([results[i] for i in kept], iou_type)
+    return [results[i] for i in kept[areas > 0]]
+
+
+def _fast_gt(gt: Mapping[str, Any]) -> FastCOCO:
+    """faster-coco-eval's ``COCO`` of an LVIS json: annotations copied (the evaluator writes into them) with
+    ``iscrowd`` 0, zero-area ones left out (as the LVIS API); categories without ``frequency`` get 'f'
+    (faster-coco-eval groups every category; ltcls's own summary reads the real labels)."""
+    cats = [c if c.get("frequency") in FREQUENCIES else {**c, "frequency": "f"} for c in gt["categories"]]
+    anns = [{**a, "iscrowd": a.get("iscrowd", 0)} for a in gt["annotations"] if a["area"] > 0]
+    return FastCOCO({"images": gt["images"], "categories": cats, "annotations": anns})
+
+
+def _fast_results(gt: FastCOCO, results: Sequence[Mapping[str, Any]], iou_type: str) -> FastCOCO:
+    """faster-coco-eval's ``COCO`` of (already selected) results, with ``loadRes``'s fields: ids from 1, ``iscrowd``
+    0, segm area and box from the mask, bbox area from the box."""
+    if iou_type == "segm":
+        rles = [r["segmentation"] for r in results]
+        areas = mask_utils.area(rles).tolist() if rles else []
+        boxes = mask_utils.toBbox(rles).tolist() if rles else []
+        anns = [{"id": i + 1, "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
+                 "score": float(r["score"]), "iscrowd": 0, "segmentation": r["segmentation"], "area": a, "bbox": b}
+                for i, (r, a, b) in enumerate(zip(results, areas, boxes))]
+    else:
+        anns = []
+        for i, r in enumerate(results):
+            box = [float(v) for v in r["bbox"]]
+            anns.append({"id": i + 1, "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
+                         "score": float(r["score"]), "iscrowd": 0, "bbox": box, "area": box[2] * box[3]})
+    return FastCOCO({"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": anns})
+
+
+def lvis_evaluate_all(gt: Mapping[str, Any], results: Mapping[str, Sequence[Mapping[str, Any]]],
+                      max_dets: int = 300, img_ids: Sequence[int] | None = None
+                      ) -> dict[str, dict[str, float | None]]:
+    """LVIS metrics (percent) per IoU type: ``results`` maps 'bbox' / 'segm' to result dicts (image_id,
+    category_id, score and bbox [x, y, w, h] or segmentation RLE); the ground truth ``gt`` (LVIS json) is
+    indexed once for all types. Evaluated on ``img_ids`` (default: every gt image)."""
+    for iou_type in results:
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"results keys must be 'bbox' or 'segm', got {iou_type!r}")
+    coco_gt = _fast_gt(gt)
+    ids = sorted(coco_gt.imgs) if img_ids is None else sorted({int(i) for i in img_ids})
+    frequency = [c.get("frequency") for c in sorted(gt["categories"], key=lambda c: c["id"])]  # catIds' order
+    out = {}
+    for iou_type, res in results.items():
+        start = time.perf_counter()
+        selected = federated_subset(gt, res, iou_type, max_dets, ids)
+        ev = COCOeval_faster(coco_gt, _fast_results(coco_gt, selected, iou_type), iou_type, lvis_style=True,
+                             print_function=log.debug)
+        ev.params.maxDets = [int(max_dets)]
+        ev.params.imgIds = ids
+        ev.evaluate()
+        ev.accumulate()
+        out[iou_type] = summarize(ev.eval["precision"], ev.eval["recall"], ev.params, frequency, max_dets)
+        log.debug("LVIS %s evaluation of %d results (%d after the per-image limit and federated filter) on %d "
+                  "images: %.1fs", iou_type, len(res), len(selected), len(ids), time.perf_counter() - start)
+    return out
+
+
+def lvis_evaluate(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str = "segm",
+                  max_dets: int = 300, img_ids: Sequence[int] | None = None) -> dict[str, float | None]:
+    """LVIS metrics (percent) of ``results`` (dicts with image_id, category_id, score and bbox [x, y, w, h]
+    or segmentation RLE) against the LVIS json ``gt``, on ``img_ids`` (default: every gt image)."""
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    return lvis_evaluate_all(gt, {iou_type: results}, max_dets, img_ids)[iou_type]
 
 
 def encode_detections(output: Mapping[str, torch.Tensor], image_id: int, image_size: tuple[int, int],
