@@ -84,8 +84,9 @@ def make_gt(num_images: int, seed: int = 0) -> dict[str, Any]:
     return {"images": images, "categories": categories, "annotations": annotations}
 
 
-def iter_detections(gt: dict[str, Any], per_image: int = 300, seed: int = 1) -> Iterator[list[dict[str, Any]]]:
-    """Per image, ``per_image`` detections with both ``bbox`` and ``segmentation`` (RLE, counts as str)."""
+def iter_detections(gt: dict[str, Any], per_image: int = 300, seed: int = 1, segm: bool = True
+                    ) -> Iterator[list[dict[str, Any]]]:
+    """Per image, ``per_image`` detections with a ``bbox`` and (``segm``) a ``segmentation`` (RLE, counts as str)."""
     rng = np.random.default_rng(seed)
     by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in gt["images"]}
     for a in gt["annotations"]:
@@ -110,10 +111,12 @@ def iter_detections(gt: dict[str, Any], per_image: int = 300, seed: int = 1) -> 
         scores.append(rng.uniform(0.0, 0.7, n_bg))
         box_arr = np.concatenate(boxes)[:per_image].round(2)
         cat_arr, score_arr = np.concatenate(cats)[:per_image], np.concatenate(scores)[:per_image].round(4)
-        rles = mask_utils.frPyObjects([_octagon(b) for b in box_arr], height, width)
-        yield [{"image_id": im["id"], "category_id": int(c), "score": float(s), "bbox": b.tolist(),
-                "segmentation": {"size": r["size"], "counts": r["counts"].decode()}}
-               for b, c, s, r in zip(box_arr, cat_arr, score_arr, rles)]
+        dets = [{"image_id": im["id"], "category_id": int(c), "score": float(s), "bbox": b}
+                for b, c, s in zip(box_arr.tolist(), cat_arr, score_arr)]
+        if segm:
+            for d, r in zip(dets, mask_utils.frPyObjects([_octagon(b) for b in box_arr], height, width)):
+                d["segmentation"] = {"size": r["size"], "counts": r["counts"].decode()}
+        yield dets
 
 
 def write_set(folder: Path, num_images: int, iou_types: list[str]) -> dict[str, Any]:
@@ -124,7 +127,7 @@ def write_set(folder: Path, num_images: int, iou_types: list[str]) -> dict[str, 
     n = 0
     for f in files.values():
         f.write("[")
-    for dets in iter_detections(gt):
+    for dets in iter_detections(gt, segm="segm" in iou_types):
         for t, f in files.items():
             drop = "bbox" if t == "segm" else "segmentation"
             f.write(("," if n else "") + ",".join(json.dumps({k: v for k, v in d.items() if k != drop}) for d in dets))

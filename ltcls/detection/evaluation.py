@@ -16,8 +16,10 @@ evaluator is COCO's matching with three additions:
 
 faster-coco-eval does 1 and 2 (and, by ``maxDets``, a per-category limit); ltcls adds 3's per-image limit
 and the federated filter in front of it, vectorised over all results (:func:`federated_subset`), so the
-evaluator only builds and indexes the detections that count (on LVIS-shaped data about a third), and bbox
-and segm share one indexed ground truth (:func:`lvis_evaluate_all`). Everything else (IoU thresholds
+evaluator only builds and indexes the detections that count (54% on the benchmark's LVIS-shaped set); it
+evaluates categories in blocks, each on the images where they occur (:func:`_evaluate_sparse`), where
+COCOeval_faster walks every (image, category) pair; and bbox and segm are evaluated by one call
+(:func:`lvis_evaluate_all`). Everything else (IoU thresholds
 .5:.95, 101 recall points, area ranges, greedy matching, interpolated precision) is COCOeval's, which
 matches the LVIS API's code. Segm results take their area from the mask and bbox results from the box
 (pycocotools' ``loadRes`` rule, as detectron2; mmdetection's segm json carries boxes, so lvis-api uses box
