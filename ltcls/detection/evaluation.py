@@ -19,11 +19,10 @@ and the federated filter in front of it, vectorised over all results (:func:`fed
 evaluator only builds and indexes the detections that count (54% on the benchmark's LVIS-shaped set); it
 evaluates categories in blocks, each on the images where they occur (:func:`_evaluate_sparse`), where
 COCOeval_faster walks every (image, category) pair; and bbox and segm are evaluated by one call
-(:func:`lvis_evaluate_all`). Everything else (IoU thresholds
-.5:.95, 101 recall points, area ranges, greedy matching, interpolated precision) is COCOeval's, which
-matches the LVIS API's code. Segm results take their area from the mask and bbox results from the box
-(pycocotools' ``loadRes`` rule, as detectron2; mmdetection's segm json carries boxes, so lvis-api uses box
-areas there, which only affects APs / APm / APl).
+(:func:`lvis_evaluate_all`). Everything else (IoU thresholds .5:.95, 101 recall points, area ranges, greedy
+matching, interpolated precision) is COCOeval's, which matches the LVIS API's code. Segm results take their
+area from the mask and bbox results from the box (pycocotools' ``loadRes`` rule, as detectron2; mmdetection's
+segm json carries boxes, so lvis-api uses box areas there, which only affects APs / APm / APl).
 
 :class:`LVISEval`, the earlier pycocotools ``COCOeval`` subclass with the same rules (evaluated sparsely),
 is kept as an independent implementation the tests compare against (to 1e-6 on every metric).
