@@ -1,5 +1,6 @@
 """LVIS evaluation at LVIS v1 val's shape: ltcls's ``lvis_evaluate`` (faster-coco-eval's LVIS mode) against the
-``lvis`` 0.5.3 API (and, with ``--reference``, ltcls's previous pycocotools evaluator) in the same run.
+``lvis`` 0.5.3 API (and, with ``--reference``, ltcls's previous pycocotools evaluator; with ``--stock``,
+faster-coco-eval's ``COCOeval_faster(lvis_style=True)`` used directly) in the same run.
 
 The generated set has LVIS v1's 1,203 categories (337 rare, 461 common, 405 frequent), a few positive categories
 per image with ~8 instances in all (octagon polygons, boxes of 8-300 px), federated ``neg_category_ids`` and
@@ -12,7 +13,8 @@ largest metric difference against the ``lvis`` API are printed. The ``lvis`` API
 (``--no-deps``) into a scratch folder and run with a numpy-2 shim (``np.float``) and a stub ``cv2`` (imported
 only by its visualiser); without pip access it is skipped with a message.
 
-    python benchmarks/bench_lvis_eval.py [--images 1000] [--iou-type bbox|segm|both] [--reference] [--no-lvis-api]
+    python benchmarks/bench_lvis_eval.py [--images 1000] [--iou-type bbox|segm|both] [--reference] [--stock]
+                                         [--no-lvis-api]
     python benchmarks/bench_lvis_eval.py --images 19809 --no-lvis-api      # ltcls alone at LVIS v1 val's size
 """
 
@@ -156,7 +158,10 @@ def worker(name: str, folder: Path, iou_types: list[str]) -> dict[str, Any]:
         load_json = LVIS._load_json
         LVIS._load_json = lambda self, p: p if isinstance(p, dict) else load_json(self, p)  # already loaded
     else:
-        from ltcls.detection.evaluation import lvis_evaluate_all, reference_lvis_evaluate
+        from faster_coco_eval import COCO as FastCOCO
+        from faster_coco_eval import COCOeval_faster
+
+        from ltcls.detection.evaluation import lvis_evaluate_all, reference_lvis_evaluate, summarize
     rss_imported = _maxrss_mb()
     start = time.perf_counter()
     gt = json.loads((folder / "gt.json").read_text())
@@ -166,6 +171,15 @@ def worker(name: str, folder: Path, iou_types: list[str]) -> dict[str, Any]:
         metrics = lvis_evaluate_all(gt, results)
     elif name == "reference":
         metrics = {t: reference_lvis_evaluate(gt, results[t], t) for t in iou_types}
+    elif name == "stock":  # faster-coco-eval as its README shows it (no per-image limit: the set has 300 per image)
+        metrics = {}
+        for t in iou_types:
+            coco_gt = FastCOCO({**gt, "annotations": [{**a, "iscrowd": 0} for a in gt["annotations"]]})
+            ev = COCOeval_faster(coco_gt, coco_gt.loadRes(results[t]), t, lvis_style=True, print_function=log.debug)
+            ev.params.maxDets = [300]
+            ev.run()
+            frequency = [c["frequency"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+            metrics[t] = summarize(ev.eval["precision"], ev.eval["recall"], ev.params, frequency, 300)
     else:
         lvis_gt = LVIS(gt)
         metrics = {}
@@ -206,6 +220,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--iou-type", default="bbox", help="bbox, segm, both, or a comma-separated list")
     parser.add_argument("--reference", action="store_true", help="also time ltcls's pycocotools evaluator")
+    parser.add_argument("--stock", action="store_true", help="also time faster-coco-eval's COCOeval_faster alone")
     parser.add_argument("--no-lvis-api", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -224,6 +239,8 @@ def main() -> None:
         runs = [run_worker("ltcls", folder, iou_types)]
         if args.reference:
             runs.append(run_worker("reference", folder, iou_types))
+        if args.stock:
+            runs.append(run_worker("stock", folder, iou_types))
         if not args.no_lvis_api:
             lvis_path = install_lvis(folder)
             if lvis_path is not None:
