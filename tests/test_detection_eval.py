@@ -1,10 +1,13 @@
 """LVIS evaluation: the federated rules (neg / not-exhaustive), the r / c / f groups and the 300-detection limit on
-a hand-made case with known APs; the sparse evaluate equals COCOeval's; chunked mask encoding equals
-torchvision's full-image paste."""
+a hand-made case with known APs; faster-coco-eval's path equals the pycocotools reference (``LVISEval``) on every
+metric, on the hand-made cases and on generated LVIS-shaped federated sets; its category blocks and the reference's
+sparse evaluate equal the dense evaluations; chunked mask encoding equals torchvision's full-image paste."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,35 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from ltcls.detection.evaluation import LVISEval, encode_detections, gt_coco, lvis_evaluate, results_coco
+from ltcls.detection import evaluation
+from ltcls.detection.evaluation import (
+    METRICS,
+    LVISEval,
+    encode_detections,
+    federated_subset,
+    gt_coco,
+    lvis_evaluate,
+    lvis_evaluate_all,
+    reference_lvis_evaluate,
+    results_coco,
+)
+
+BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_lvis_eval.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_lvis_eval", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_same_metrics(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        assert (a[key] is None) == (b[key] is None), key
+        if a[key] is not None:
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
 def _rect(x: float, y: float, w: float, h: float) -> list[list[float]]:
@@ -154,3 +185,102 @@ def test_chunked_mask_encoding_equals_full_paste():
     assert {b["category_id"] for b in bbox} <= {10, 20, 30} and all(b["image_id"] == 7 for b in bbox)
     b0 = boxes[0].tolist()
     assert bbox[0]["bbox"] == pytest.approx([b0[0], b0[1], b0[2] - b0[0], b0[3] - b0[1]])
+
+
+@pytest.fixture(scope="module")
+def generated() -> tuple[dict, list[dict]]:
+    """An LVIS-shaped federated set (1203 categories, neg / not-exhaustive ids), 330 detections per image."""
+    bench = load_bench()
+    gt = bench.make_gt(24, seed=3)
+    dets = [d for image in bench.iter_detections(gt, per_image=330, seed=4) for d in image]
+    return gt, dets
+
+
+def _as(iou_type: str, dets: list[dict]) -> list[dict]:
+    drop = "bbox" if iou_type == "segm" else "segmentation"
+    return [{k: v for k, v in d.items() if k != drop} for d in dets]
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_faster_path_equals_reference_on_hand_made_cases(iou_type):
+    """Every metric of every hand-made case (federated rules broken one at a time, > 300 per image, subsets)."""
+    cases = [(GT, _results(iou_type), {})]
+    for img, field, value in ((2, "neg_category_ids", []), (1, "neg_category_ids", [1]),
+                              (1, "not_exhaustive_category_ids", [])):
+        gt = copy.deepcopy(GT)
+        gt["images"][img][field] = value
+        cases.append((gt, _results(iou_type), {}))
+    fps = [(1, 3, [float(i % 60), 90.0, 5.0, 5.0], 0.5) for i in range(300)]
+    cases.append((GT, _results(iou_type, DETS + fps), {}))
+    cases.append((GT, _results(iou_type, DETS + fps), {"max_dets": 301, "img_ids": [1, 3]}))
+    cases.append((GT, [], {}))
+    for gt, res, kw in cases:
+        assert_same_metrics(lvis_evaluate(gt, res, iou_type, **kw), reference_lvis_evaluate(gt, res, iou_type, **kw))
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_faster_path_equals_reference_on_generated_federated_set(generated, iou_type):
+    gt, dets = generated
+    res = _as(iou_type, dets)
+    fast = lvis_evaluate(gt, res, iou_type)
+    assert_same_metrics(fast, reference_lvis_evaluate(gt, res, iou_type))
+    assert fast["APr"] is not None and fast["APc"] is not None and fast["APf"] is not None and 0 < fast["AP"] < 100
+    some = [im["id"] for im in gt["images"]][::3]
+    assert_same_metrics(lvis_evaluate(gt, res, iou_type, img_ids=some),
+                        reference_lvis_evaluate(gt, res, iou_type, img_ids=some))
+
+
+def test_bbox_and_segm_side_by_side_equal_separate_runs(generated):
+    gt, dets = generated
+    both = lvis_evaluate_all(gt, {"segm": _as("segm", dets), "bbox": _as("bbox", dets)})
+    assert set(both) == {"segm", "bbox"} and set(METRICS) <= set(both["segm"])
+    for iou_type in ("segm", "bbox"):
+        assert both[iou_type] == lvis_evaluate(gt, _as(iou_type, dets), iou_type)
+    assert both["segm"] != both["bbox"]  # octagon masks are not their boxes
+
+
+def test_category_blocks_equal_one_dense_evaluation(generated, monkeypatch):
+    """Blocks of 3 categories, each on its own images, give the arrays of one evaluation over everything."""
+    gt, dets = generated
+    res = _as("bbox", dets)
+    arrays = []
+    original = evaluation.COCOeval_faster.evaluate
+    for block in (3, 10**6):
+        calls = []
+
+        def evaluate(self, calls=calls):
+            calls.append(len(self.params.imgIds) * len(self.params.catIds))
+            return original(self)
+
+        monkeypatch.setattr(evaluation.COCOeval_faster, "evaluate", evaluate)
+        monkeypatch.setattr(evaluation, "CATEGORY_BLOCK", block)
+        monkeypatch.setattr(evaluation._evaluate_sparse, "__defaults__", (block,))
+        gt_anns = [{**a, "iscrowd": 0} for a in gt["annotations"]]
+        ids = [im["id"] for im in gt["images"]]
+        selected = federated_subset(gt, res, "bbox", 300)
+        arrays.append(evaluation._evaluate_sparse(gt, gt_anns, evaluation._fast_results(selected, "bbox"), "bbox",
+                                                  ids, 300)[:2])
+        arrays[-1] += (calls,)
+    (p_blocks, r_blocks, calls_blocks), (p_dense, r_dense, calls_dense) = arrays
+    np.testing.assert_array_equal(p_blocks, p_dense)
+    np.testing.assert_array_equal(r_blocks, r_dense)
+    assert len(calls_dense) == 1 and len(calls_blocks) > 10
+    assert sum(calls_blocks) < calls_dense[0] / 2  # the point of the blocks: far fewer (image, category) pairs
+
+
+def test_federated_subset_keeps_top_per_image_then_filters():
+    gt = copy.deepcopy(GT)
+    res = _results("bbox", [
+        (1, 1, [0, 0, 5, 5], 0.5), (1, 2, [0, 0, 5, 5], 0.9),  # cat 2 negative in image 1: kept
+        (1, 3, [0, 0, 5, 5], 0.5), (1, 2, [0, 0, 5, 5], 0.1),  # equal score to the first: the earlier one wins
+        (2, 3, [0, 0, 5, 5], 0.8),  # cat 3 neither positive nor negative in image 2: dropped
+        (2, 2, [0, 0, 0, 5], 0.7),  # zero area: dropped
+        (3, 1, [0, 0, 5, 5], 0.3),  # image 3 not evaluated below
+    ])
+    kept = federated_subset(gt, res, "bbox", max_dets=2, img_ids=[1, 2])
+    assert [r["score"] for r in kept] == [0.5, 0.9]  # input order; top 2 of image 1 (tie broken by position)
+    assert federated_subset(gt, kept, "bbox", max_dets=2, img_ids=[1, 2]) == kept  # idempotent
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        federated_subset(gt, [{**res[0], "image_id": 99}], "bbox")
+    with pytest.raises(ValueError, match="iou_type"):
+        lvis_evaluate(gt, res, "keypoints")
