@@ -1,8 +1,10 @@
-"""The shipped digits_lt Seesaw config: the mechanisms its few-shot gain relies on, in seconds.
+"""The shipped digits_lt Seesaw config: the mechanisms Seesaw's few-shot effect relies on, in seconds.
 
-Whether the config beats digits_lt_ce on few-shot accuracy is a quality comparison over several seeds:
-``benchmarks/bench_heads.py`` (BENCHMARKS.md, "Seesaw on digits_lt"). These tests pin what that result
-rests on: Seesaw's factors change the tail logits' gradients as designed, at the config's p, q and eps.
+How the config compares with digits_lt_ce on few-shot accuracy is a quality comparison over several
+seeds, so it lives in ``benchmarks/bench_heads.py`` (BENCHMARKS.md, "Seesaw on digits_lt"), not here.
+These tests pin that Seesaw's factors change the tail logits' gradients as designed, at the config's
+p, q and eps: mitigation lowers the push a head-class sample gives a rare class's logit, compensation
+raises the push a rare-class sample gives a head-class logit that outscores it.
 """
 
 from __future__ import annotations
