@@ -28,6 +28,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_stage2.py
 	$(BIN)/python benchmarks/bench_decode.py
 	$(BIN)/python benchmarks/bench_distributed.py
+	$(BIN)/python benchmarks/bench_heads.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ltcls.models.classifiers import CLASSIFIERS, NormalizedClassifier, build_classifier
+from ltcls.models.classifiers import CLASSIFIERS, NormalizedClassifier, build_classifier, cosine_logits
 from ltcls.models.decoupled import LWSClassifier, NCMClassifier, TauNormClassifier
 
 D = torch.float64
@@ -128,3 +128,49 @@ def test_ncm_class_means_are_means_of_normalized_centred_features():
     close(restored(feats), head(feats))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         NCMClassifier(4, 3).fit(feats, labels + 1)
+
+
+def test_cosine_logits_is_the_normalized_head_and_ignores_row_scale():
+    torch.manual_seed(3)
+    x, weight, bias = torch.randn(4, 5, dtype=D), torch.randn(3, 5, dtype=D), torch.randn(3, dtype=D)
+    expected = 7.0 * (x / (x.norm(dim=1, keepdim=True) + 1e-6)) @ (weight / (weight.norm(dim=1, keepdim=True) + 1e-6)).T
+    close(cosine_logits(x, weight, 7.0, 1e-6, bias), expected + bias)
+    scaled = weight * torch.tensor([[1.0], [10.0], [0.1]], dtype=D)
+    torch.testing.assert_close(cosine_logits(x, scaled, 7.0, 0.0), cosine_logits(x, weight, 7.0, 0.0))
+
+
+def test_cosine_weight_gradient_scales_with_tau_over_row_norm():
+    # the property behind the normalized head's init: SGD's step on a row is tau / ||W_row|| times a
+    # unit-scale direction orthogonal to the row, so a small row takes a huge step
+    torch.manual_seed(4)
+    x, labels = torch.randn(8, 6, dtype=D).relu(), torch.arange(8) % 3
+    weight = torch.randn(3, 6, dtype=D)
+
+    def grad(w: torch.Tensor, tau: float) -> torch.Tensor:
+        w = w.clone().requires_grad_(True)
+        nn.functional.cross_entropy(cosine_logits(x, w, tau, 0.0), labels).backward()
+        return w.grad
+
+    g = grad(weight, 20.0)
+    close((g * weight).sum(dim=1), torch.zeros(3, dtype=D))  # orthogonal to each row
+    scale = torch.tensor([[0.01], [1.0], [100.0]], dtype=D)
+    torch.testing.assert_close(grad(weight * scale, 20.0), g / scale)
+
+
+def test_init_norm_sets_the_initial_row_norm_and_bounds_the_first_step():
+    torch.manual_seed(5)
+    default, unit = NormalizedClassifier(64, 10), NormalizedClassifier(64, 10, init_norm=1.0)
+    assert abs(default.weight.std().item() - 0.01) < 2e-3  # mmdetection's N(0, 0.01): rows of norm ~0.08
+    torch.testing.assert_close(unit.weight.norm(dim=1), torch.ones(10))
+    x, labels = torch.rand(64, 64), torch.arange(64) % 10  # non-negative, like pooled ReLU features
+    growth = {}
+    for name, head in (("default", default), ("unit", unit)):
+        before = head.weight.detach().norm(dim=1)
+        nn.functional.cross_entropy(head(x), labels).backward()
+        with torch.no_grad():
+            head.weight -= 0.1 * head.weight.grad  # one SGD step at the digits_lt recipe's lr
+        growth[name] = (head.weight.norm(dim=1) / before).max().item()
+    assert growth["default"] > 10  # the step dwarfs the row: its direction is replaced, its norm explodes
+    assert growth["unit"] < 1.5
+    with pytest.raises(ValueError, match="init_norm"):
+        NormalizedClassifier(4, 2, init_norm=0.0)

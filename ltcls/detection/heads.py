@@ -29,6 +29,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from ltcls.losses.base import LTLoss
 from ltcls.losses.gumbel import gumbel_probs
+from ltcls.models.classifiers import l2_normalize
 from ltcls.registry import Registry
 
 #: Box classification adapters by loss name (the config's ``loss.name`` picks one).
@@ -178,8 +179,8 @@ class NormedConv2d(nn.Conv2d):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight / (self.weight.norm(dim=1, keepdim=True) + self.eps)
-        x = self.tau * x / (x.norm(dim=1, keepdim=True) + self.eps)
+        weight = l2_normalize(self.weight, eps=self.eps)
+        x = self.tau * l2_normalize(x, eps=self.eps)
         return self._conv_forward(x, weight, self.bias)
 
 
