@@ -1,11 +1,12 @@
-# ltcls: `make train` runs the default job, `make test` the test suite; both set up .venv first.
+# ltcls: `make train` runs the default job; `make test` the default test suite (every change; no `slow` tests),
+# `make test-all` everything (what CI runs); each sets up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/digits_lt_ce.yaml
 ARGS ?=
 
-.PHONY: train test lint bench clean-venv
+.PHONY: train test test-all lint bench clean-venv
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ train: $(BIN)/.installed
 	$(BIN)/ltcls-train --config $(CONFIG) $(ARGS)
 
 test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(BIN)/.installed

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from timm.data.transforms import str_to_interp_mode
-from torchvision import transforms as T
-
+#: timm's IMAGENET_DEFAULT_MEAN / _STD, written out: this module is imported to check a config's data section,
+#: which must not pay for importing timm and torchvision (they are imported when transforms are built).
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 AUGMENTS = ("rrc", "crop_pad", "none")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
@@ -40,6 +40,9 @@ def build_transforms(
     if not 0.0 <= hflip <= 1.0:
         raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
     mean, std = _channels("mean", mean), _channels("std", std)
+    from timm.data import create_transform  # lazy: see IMAGENET_DEFAULT_MEAN
+    from timm.data.transforms import str_to_interp_mode
+    from torchvision import transforms as T
 
     eval_tf = create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
                                mean=mean, std=std)

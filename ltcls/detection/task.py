@@ -13,7 +13,7 @@ from torch import nn
 from ltcls.config import Config
 from ltcls.data.base import DataSplits
 from ltcls.detection.build import build_detection_data, build_detector
-from ltcls.detection.evaluation import METRICS, encode_detections, lvis_evaluate
+from ltcls.detection.evaluation import METRICS, encode_detections, federated_subset, lvis_evaluate_all
 from ltcls.detection.model import LTMaskRCNN, compact_masks
 from ltcls.engine.distributed import broadcast_object, gather_objects, info
 from ltcls.engine.evaluation import DatasetEvaluator, EvalContext
@@ -68,13 +68,21 @@ class LVISEvaluator(DatasetEvaluator):
             self.img_ids.append(int(target["image_id"]))
 
     def evaluate(self) -> dict[str, Any]:
-        bbox, segm, img_ids = (gather_objects(x) for x in (self.bbox, self.segm, self.img_ids))
+        """Each rank keeps only the detections LVIS evaluation uses (its images' top ``max_dets``, the federated
+        filter) before rank 0 gathers them, evaluates bbox and segm in one pass and broadcasts the metrics."""
+        local_ids, local_count = self.img_ids, len(self.bbox)
+        kept = {t: federated_subset(self.gt, r, t, self.max_dets, local_ids)
+                for t, r in (("segm", self.segm), ("bbox", self.bbox))}
+        self.reset()  # the unfiltered lists are no longer needed
+        gathered = {t: gather_objects(r) for t, r in kept.items()}
+        img_ids = gather_objects(local_ids)
+        num_detections = sum(gather_objects([local_count]) or [0])
         out: dict[str, Any] = {}
         if info().is_main:
-            out.update(lvis_evaluate(self.gt, segm, "segm", self.max_dets, img_ids))
-            bbox_metrics = lvis_evaluate(self.gt, bbox, "bbox", self.max_dets, img_ids)
-            out.update({f"bbox_{k}": v for k, v in bbox_metrics.items()})
-            out["num_detections"] = len(bbox)
+            metrics = lvis_evaluate_all(self.gt, gathered, self.max_dets, img_ids)
+            out.update(metrics["segm"])
+            out.update({f"bbox_{k}": v for k, v in metrics["bbox"].items()})
+            out["num_detections"] = num_detections
         return {**broadcast_object(out), **self.facts}
 
 

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.datasets import load_digits
 
 from ltcls.data.base import DATASETS, ArrayDataset, DataSplits
 from ltcls.data.tools.profiles import lt_counts, select_lt
@@ -30,6 +29,8 @@ def digits_lt(
     as CIFAR-LT, ``img_max`` = the smallest remaining class, class 0 the head). Images are (8, 8) uint8
     in 0..255, loaded as RGB; the transforms resize them.
     """
+    from sklearn.datasets import load_digits  # lazy: config checks import this module; scikit-learn is slow to import
+
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     targets = digits.target.astype(np.int64)

@@ -22,8 +22,6 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from timm.data.transforms import RandomResizedCropAndInterpolation
-from torchvision import transforms as T
 
 from ltcls.data.base import DATASETS, DataSplits, LTDataset
 
@@ -54,6 +52,9 @@ def transform_min_size(transform: Callable | None) -> int:
     from the reduced image, as they do from any image of that size). 0 (decode in full) for anything else,
     e.g. a crop without resize, which needs the original pixels.
     """
+    from timm.data.transforms import RandomResizedCropAndInterpolation  # lazy: config checks import this module
+    from torchvision import transforms as T
+
     steps = transform.transforms if isinstance(transform, T.Compose) else [transform]
     if not steps:
         return 0
