@@ -59,6 +59,14 @@ def test_training_methods_keep_the_backbone_bit_identical(stage1, tmp_path, meth
         assert key in m
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["stage2"]["method"] == method and cfg["stage2"]["from_run"] == str(stage1)
+    counts = m["class_counts"]
+    if method in ("crt", "lws"):  # Kang et al.'s class-aware sampler: an epoch is max count x C samples
+        assert cfg["sampler"] == {"name": "class_aware", "num_samples_cls": 4}
+        samples, batch = max(counts) * len(counts), cfg["train"]["batch_size"]
+    else:
+        samples, batch = sum(counts), cfg["train"]["batch_size"]
+    log = (run / "train.log").read_text()  # what every stage will do, at its start
+    assert f"stage2_{method}: 3 epochs x {samples // batch} steps ({samples} samples per epoch" in log, log
     head = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     s1 = torch.load(stage1 / "checkpoint.pt", weights_only=True)["model"]
     if method == "lws":  # W and b frozen, only the scales learned

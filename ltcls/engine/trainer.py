@@ -89,6 +89,8 @@ class Trainer:
         self.data = data
         self.cfg = cfg
         self.work_dir = Path(work_dir)
+        if self.dist.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.train.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
