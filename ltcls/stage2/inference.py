@@ -161,7 +161,8 @@ def load_run(run_dir: str | Path, with_data: bool = True, tau: float | None = No
     if method is not None or model is None:
         model = task.build_model(stage1_cfg, data)
     if method in STAGE2_HEADS:
-        head = STAGE2_HEADS[method](cfg, model.num_features, data.num_classes, chosen_tau or 1.0)
+        head = STAGE2_HEADS[method](cfg, model.num_features, data.num_classes,
+                                           1.0 if chosen_tau is None else float(chosen_tau))
         model.classifier = head if head is not None else model.classifier
     elif method is not None:  # a method that wraps the model (SimCal) builds it in its plan
         ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=stage1_dir, data=data, model=model, task=task,
