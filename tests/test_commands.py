@@ -5,6 +5,7 @@ stage-2 runs (tau-norm's checkpoint, a dual head) work, and an image_folder run 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -271,3 +272,23 @@ def test_image_folder_end_to_end(tmp_path: Path) -> None:
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["class_names"] == names and meta["num_classes"] == 3
     assert torch.jit.load(str(out))(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+
+
+@pytest.mark.slow
+def test_detection_runs_evaluate_to_their_metrics(tmp_path: Path) -> None:
+    """A toy LVIS run and its SimCal stage 2: ltcls-eval gives the LVIS metrics of their metrics.json."""
+    spec = importlib.util.spec_from_file_location("make_toy_lvis", ROOT / "tools" / "make_toy_lvis.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    toy = tool.make_toy_lvis(tmp_path / "toy", num_train=24, num_val=6, image_size=64)
+    run = tmp_path / "det"
+    assert train_main(["--config", str(ROOT / "configs" / "toy_lvis_ce.yaml"), "--work-dir", str(run), "--set",
+                       f"data.root={toy['root']}", f"data.train_ann={toy['train_ann']}",
+                       f"data.val_ann={toy['val_ann']}", "train.epochs=1", "train.lr=0.01", "eval.interval=0",
+                       "eval.batch_size=6", "detection.min_size=[64]", "detection.max_size=64"]) == 0
+    assert train_main(["--stage2", "simcal", "--from", str(run), "--set", "train.epochs=1"]) == 0
+    for run_dir, keys in ((run, ("AP", "APr", "bbox_AP")), (run / "stage2_simcal", ("original", "combined"))):
+        assert eval_cli.main([str(run_dir), "--out", str(tmp_path / "eval")]) == 0
+        trained = json.loads((run_dir / "metrics.json").read_text())
+        got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+        assert {k: got[k] for k in keys} == {k: trained[k] for k in keys}

@@ -278,6 +278,7 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
                   logit_adjust_tau=ctx.logit_adjust_tau)
     if run.tau is not None:
         report["tau"] = run.tau
+    run.task.report(report, ctx)
     if isinstance(evaluator, ClassificationEvaluator):
         logits, labels = evaluator.outputs()
         _classification_reports(run, report, logits, labels, ctx.logit_adjust_tau, out)
