@@ -123,7 +123,8 @@ def check_run_dir(run_dir: Path) -> None:
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             hint = {"metrics.json": " (has the run finished?)",
-                    CHECKPOINT: " (tau_norm / ncm stage-2 runs wrote none before ltcls 0.4: run the stage 2 again)",
+                    CHECKPOINT: " (tau_norm / ncm stage-2 runs made before they wrote one have none: run the stage 2 "
+                                "again)",
                     }.get(name, "")
             raise FileNotFoundError(f"{run_dir} is not a finished run: {name} is missing{hint}")
 
@@ -162,7 +163,7 @@ def load_run(run_dir: str | Path, with_data: bool = True, tau: float | None = No
         model = task.build_model(stage1_cfg, data)
     if method in STAGE2_HEADS:
         head = STAGE2_HEADS[method](cfg, model.num_features, data.num_classes,
-                                           1.0 if chosen_tau is None else float(chosen_tau))
+                                    1.0 if chosen_tau is None else float(chosen_tau))
         model.classifier = head if head is not None else model.classifier
     elif method is not None:  # a method that wraps the model (SimCal) builds it in its plan
         ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=stage1_dir, data=data, model=model, task=task,
