@@ -261,6 +261,13 @@ def test_image_folder_end_to_end(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert [(r["name"], r["group"], r["test_count"], r["accuracy"]) for r in rows][1] == ("dog", "medium", "0", "")
 
+    # a split file of other images under data.root: 3 of cat (label 0), 1 of emu (label 2)
+    extra = _images(tmp_path / "data" / "more", 4, seed=42)
+    (tmp_path / "more.txt").write_text("".join(f"more/{p.name} {0 if i < 3 else 2}\n" for i, p in enumerate(extra)))
+    assert eval_cli.main([str(run), "--split-file", str(tmp_path / "more.txt")]) == 0
+    more = json.loads((run / "eval_more" / "metrics.json").read_text())
+    assert sum(b["count"] for b in more["calibration_bins"]) == 4 and more["per_class"][1] is None
+
     assert predict_cli.main([str(run), str(tmp_path / "data" / "test"), "--topk", "2",
                              "--out", str(tmp_path / "p.csv")]) == 0
     with open(tmp_path / "p.csv", newline="") as f:

@@ -187,8 +187,8 @@ def _facts(run_dir: Path, ckpt: dict[str, Any], metrics: dict[str, Any]) -> Simp
     """What building a classification model and loss needs of the data, from the run's files."""
     counts = metrics.get("class_counts")
     if counts is None:
-        raise ValueError(f"{run_dir / 'metrics.json'} has no 'class_counts' (expected a classification run's "
-                         "metrics)")
+        raise ValueError(f"{run_dir} is not a classification run ({run_dir / 'metrics.json'} has no 'class_counts'): "
+                         "prediction and export take classification runs")
     names = ckpt.get("class_names") or metrics.get("class_names") or [str(i) for i in range(len(counts))]
     if len(names) != len(counts):
         raise ValueError(f"{run_dir}: {len(names)} class names but {len(counts)} class counts in metrics.json")
