@@ -99,20 +99,22 @@ class Reporter:
         self.writer.add_text(self.prefix + "config", "```yaml\n" + text + "\n```", 0)
 
     def evaluation(self, report: Mapping[str, Any], step: int, classifier: nn.Module | None = None,
-                   many_threshold: int = 100, few_threshold: int = 20, tag: str = "acc") -> None:
-        """Scalars ``acc/overall|many|medium|few`` and the per-class accuracy / weight-norm figures."""
+                   many_threshold: int = 100, few_threshold: int = 20, tag: str = "acc",
+                   class_names: Sequence[str] | None = None) -> None:
+        """Scalars ``acc/overall|many|medium|few`` and the per-class accuracy / weight-norm figures (classes
+        named on the x axis with ``class_names`` where there are at most :data:`MAX_NAMED_CLASSES`)."""
         for key in ("overall", *GROUPS):
             if report.get(key) is not None:
                 self.scalar(f"{tag}/{key}", report[key], step)
         counts = np.asarray(report["class_counts"])
         per_class = np.array([np.nan if a is None else a for a in report["per_class"]], dtype=float)
         fig = per_class_figure(per_class, counts, "top-1 accuracy (%)", f"per-class accuracy ({report.get('split')})",
-                               many_threshold, few_threshold)
+                               many_threshold, few_threshold, class_names)
         self.figure(f"{tag}/per_class_accuracy", fig, step)
         norms = classifier_weight_norms(classifier) if classifier is not None else None
         if norms is not None and len(norms) == len(counts):
             fig = per_class_figure(norms, counts, "classifier weight norm", "classifier weight norm per class",
-                                   many_threshold, few_threshold)
+                                   many_threshold, few_threshold, class_names)
             self.figure("classifier/weight_norm", fig, step)
 
     def figure(self, tag: str, fig: plt.Figure, step: int) -> None:

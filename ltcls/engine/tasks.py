@@ -164,7 +164,8 @@ class ClassificationTask(Task):
                  "  ".join(f"{k} {_fmt(report[k])}" for k in ("overall", *GROUPS)))
         if ctx.reporter is not None:
             ctx.reporter.evaluation(report, ctx.step, classifier=getattr(ctx.model, "classifier", None),
-                                    many_threshold=ctx.many_threshold, few_threshold=ctx.few_threshold)
+                                    many_threshold=ctx.many_threshold, few_threshold=ctx.few_threshold,
+                                    class_names=report.get("class_names"))
 
 
 def build_model(cfg: Config, num_classes: int) -> LTModel:

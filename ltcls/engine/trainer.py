@@ -252,7 +252,8 @@ class Trainer:
                    "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
                    "sampler": state.sampler.state_dict(), "loss": stage.loss.state_dict(),
                    "scaler": state.scaler.state_dict() if state.scaler is not None else None, "rng": rng_state(),
-                   "config": _plain(self.cfg.to_dict()), "history": self.history}
+                   "config": _plain(self.cfg.to_dict()), "history": self.history,
+                   "num_classes": int(self.data.num_classes), "class_names": [str(n) for n in self.data.class_names]}
         save_checkpoint(payload, self.work_dir / CHECKPOINT)
 
     # ---------------------------------------------------------------------------- evaluation
@@ -288,7 +289,8 @@ class Trainer:
         split, dataset = self.eval_split(stage)
         ctx = self.eval_context(stage, step, epoch, split)
         report = self.run_inference(self.module(stage), dataset, self.task.evaluator(dataset, ctx), f"eval {split}")
-        report.update(split=split, epoch=epoch, stage=stage.name)
+        report.update(split=split, epoch=epoch, stage=stage.name,
+                      class_names=[str(n) for n in self.data.class_names])
         self.task.report(report, ctx)
         bad = {name: s.bad_image_count for name in ("train", "val", "test")
                if (s := getattr(self.data, name, None)) is not None and hasattr(s, "bad_image_count")}

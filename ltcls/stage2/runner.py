@@ -20,7 +20,7 @@ from torch import nn
 
 from ltcls.config import Config
 from ltcls.data.base import DataSplits
-from ltcls.engine.checkpoint import load_checkpoint
+from ltcls.engine.checkpoint import load_checkpoint, save_checkpoint
 from ltcls.engine.features import file_digest
 from ltcls.engine.hooks import HookBase
 from ltcls.engine.stage import Stage
@@ -77,6 +77,17 @@ def comparison_table(rows: Rows, keys: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_evaluated_model(trainer: Trainer, report: dict[str, Any], path: Path) -> None:
+    """The checkpoint of a stage that only evaluates (tau-norm, NCM): the model it evaluated (NCM's class means
+    are buffers), the class names and the chosen ``tau``, so the run can be evaluated and exported later.
+    ``stage`` / ``epoch`` / ``step`` are 0: ``--resume`` evaluates it again."""
+    payload = {"stage": 0, "epoch": 0, "step": 0, "model": trainer.model.state_dict(),
+               "config": trainer.cfg.to_dict(), "num_classes": int(trainer.data.num_classes),
+               "class_names": [str(n) for n in trainer.data.class_names], "history": trainer.history,
+               "stage2": {"method": trainer.cfg.stage2.method, "tau": report.get("tau")}}
+    save_checkpoint(payload, path)
+
+
 def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: bool = False,
                hooks: Sequence[HookBase] = ()) -> tuple[dict[str, Any], Task]:
     """Run the stage-2 method ``cfg.stage2.method`` on the finished run ``cfg.stage2.from_run``; ``hooks`` run
@@ -109,6 +120,8 @@ def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: b
     stage1_metrics = json.loads((stage1_dir / "metrics.json").read_text())
     table = comparison_table([("stage 1", stage1_metrics), *rows], task.comparison_keys)
     if trainer.dist.is_main:
+        if plan.stage.train is None:
+            save_evaluated_model(trainer, report, work_dir / CHECKPOINT)
         title = plan.title or f"{stage1_dir} -> {ctx.method}"
         (work_dir / "comparison.md").write_text(
             f"# {title}\n\n{task.metric_title} on the {report['split']} split\n\n" + table)

@@ -1,0 +1,52 @@
+"""What ``ltcls-eval``, ``ltcls-predict`` and ``ltcls-export`` share: a RUN_DIR argument, logging to the
+console, plug-ins loaded, and every expected failure as one line ``PROG: error: MESSAGE`` with exit status 2.
+Torch-free: the commands import the engine after parsing their arguments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from ltcls.plugins import load_plugins
+
+#: Failures reported as one line (a missing file, a bad value, an unreadable checkpoint, an unknown name).
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError)
+
+
+def parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """An argument parser with RUN_DIR first (plug-ins loaded, so their names are known)."""
+    load_plugins()
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="a finished run directory (stage 1, or stage 2: RUN_DIR/stage2_METHOD) with config.yaml, "
+                        "checkpoint.pt and metrics.json")
+    return p
+
+
+def setup_logging() -> None:
+    """INFO lines of ``ltcls`` on stderr (stdout is left to what the command prints)."""
+    logger = logging.getLogger("ltcls")
+    logger.setLevel(logging.INFO)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
+                command: Callable[[argparse.Namespace], int]) -> int:
+    """Parse ``argv``, set up logging and run ``command(args)``; an expected failure ends the process with
+    ``PROG: error: MESSAGE`` (one line) and exit status 2."""
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        return command(args)
+    except EXPECTED_ERRORS as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        p.exit(2, f"{p.prog}: error: {' '.join(str(message).split())}\n")
+    return 2  # not reached: p.exit raises SystemExit
