@@ -405,7 +405,7 @@ def resolve(file_cfg: Config | Mapping[str, Any] | None = None, overrides: Seque
         if "name" in from_set[section] and file_name not in (None, name):
             dropped = sorted(k for k in given if k not in schema and k not in from_set[section])
             if dropped:
-                log.info("%s.name=%s (was %s in %s): dropped %s's parameters %s", section, name, file_name, source,
+                log.warning("%s.name=%s (was %s in %s): dropped %s's parameters %s", section, name, file_name, source,
                          file_name, ", ".join(dropped))
                 given = {k: v for k, v in given.items() if k not in dropped}
         values = {k: _plain_default(d) for k, (_, d) in schema.items()}

@@ -139,3 +139,18 @@ def test_registry_is_loud():
     with pytest.raises(TypeError, match="has no parameter 'y'"):
         reg.build("a", {"y": 2})
     assert reg.build("a", {"x": 3}) == 3
+
+
+def test_set_name_to_another_component_drops_the_files_other_parameters(caplog):
+    """`--set data.name=split_file` on a digits_lt yaml: digits_lt's keys the new dataset does not take are dropped
+    with one line naming them; keys that both take stay; a typo given with --set is still an error."""
+    file_cfg = {"data": {"name": "digits_lt", "imbalance_factor": 10.0, "test_per_class": 5, "img_size": 16}}
+    with caplog.at_level("WARNING", logger="ltcls"):
+        cfg = C.resolve(file_cfg, ["data.name=split_file", "data.root=/d", "data.train_split=t.txt",
+                                   "data.test_split=s.txt"], source="exp.yaml")
+    assert cfg.data.name == "split_file" and cfg.data.img_size == 16 and "imbalance_factor" not in cfg.data.params
+    assert "dropped digits_lt's parameters imbalance_factor, test_per_class" in caplog.text
+    with pytest.raises(C.ConfigError, match="data.trian_split"):
+        C.resolve(file_cfg, ["data.name=split_file", "data.trian_split=t.txt"])
+    with pytest.raises(C.ConfigError, match="data.imbalance_factor"):  # without a name change: still a typo
+        C.resolve({"data": {"name": "split_file", "imbalance_factor": 10.0}})
