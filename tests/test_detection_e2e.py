@@ -67,6 +67,7 @@ def test_toy_config_trains_and_evaluates(tmp_path, toy, config):
     assert (run / "checkpoint.pt").is_file() and (run / "config.yaml").is_file()
 
 
+@pytest.mark.slow  # two detection runs
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, toy, monkeypatch):
     """Seesaw (cumulative counts in the loss) with repeat-factor sampling: an interrupted run resumed from its
     checkpoint ends with the uninterrupted run's weights, loss state and metrics."""
@@ -98,6 +99,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, toy, monkeypa
     assert all(ma[k] == mb[k] for k in SEGM_KEYS + BBOX_KEYS)
 
 
+@pytest.mark.slow  # a detection run and its SimCal stage
 def test_simcal_calibrates_the_classifier_of_a_frozen_detector(tmp_path, toy):
     stage1 = tmp_path / "ce"
     assert train_main(["--config", str(CONFIGS / "toy_lvis_ce.yaml"), "--work-dir", str(stage1),

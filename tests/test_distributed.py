@@ -62,6 +62,7 @@ def _same_run(a: Path, b: Path, exact: bool = False) -> None:
         assert torch.equal(v, sb["loss"][k]), k
 
 
+@pytest.mark.slow  # two torchrun processes plus one: ~25 s each on 2 cores
 @pytest.mark.parametrize("loss", ["ce", "seesaw"])
 def test_two_processes_equal_one(tmp_path, loss):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -90,6 +91,7 @@ def test_seesaw_counts_identical_on_every_rank(tmp_path):
     assert ranks[0] == ranks[1] == expected.tolist()
 
 
+@pytest.mark.slow  # ~45 s on 2 cores
 def test_two_process_resume_matches_uninterrupted(tmp_path):
     full, broken = tmp_path / "full", tmp_path / "broken"
     r = _torchrun(str(WORKER), "train", "--", *_train_args(full))

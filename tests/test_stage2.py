@@ -12,7 +12,7 @@ import yaml
 from ltcls.cli import train_main
 from ltcls.engine.features import cached_features
 from ltcls.models.decoupled import TauNormClassifier
-from ltcls.models.dual_head import dual_head_select
+from ltcls.models.dual_head import dual_head_average, dual_head_select
 
 # Stage 1: CE, ResNet-8 on 16x16 digits, 15 epochs, with a balanced 10-per-class validation split.
 STAGE1 = ["model.name=cifar_resnet8", "data.img_size=16", "data.val_per_class=10", "train.epochs=15",
@@ -126,7 +126,9 @@ def test_ncm_and_dual_head_report(stage1, tmp_path):
     assert dual["threshold"] == 20 and set(dual) >= {"stage1_head", "stage2_head", "combined"}
     assert dual["stage2_head"]["overall"] == pytest.approx(m["overall"])
     assert dual["stage1_head"]["overall"] == pytest.approx(_metrics(stage1)["overall"])
-    assert "dual head (T = 20)" in (run / "comparison.md").read_text()
+    table = (run / "comparison.md").read_text()
+    assert "| dual head sel (T = 20) |" in table and "| dual head avg (w = 0.5) |" in table
+    assert dual["combine"] == "sel" and dual["combined"] == dual["sel"] and set(dual["avg"]) >= {"overall", "few"}
     tags = _scalar_tags(run)
     assert "stage2/acc/few" in tags and "stage2/dual_head/few" in tags
 
@@ -173,3 +175,13 @@ def test_stage2_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         train_main(["--stage2", "bogus", "--from", "x"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_score_averaging_rule():
+    s1 = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    s2 = torch.tensor([[0.1, 0.1, 0.8], [0.5, 0.3, 0.2]])
+    assert torch.allclose(dual_head_average(s1, s2), (s1 + s2) / 2)
+    assert torch.allclose(dual_head_average(s1, s2, 0.25), 0.75 * s1 + 0.25 * s2)
+    assert dual_head_average(s1, s2).argmax(1).tolist() == [2, 2]  # row 0 follows head 2, row 1 head 1
+    with pytest.raises(ValueError, match="weight"):
+        dual_head_average(s1, s2, 1.5)

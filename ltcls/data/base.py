@@ -136,4 +136,5 @@ class DataSplits:
     def class_names(self) -> list[str]:
         """Name of every class (the train split's ``classes``: label names where the data gives them, else
         the label index as text)."""
-        return list(self.train.classes)
+        names = getattr(self.train, "classes", None)
+        return list(names) if names is not None else [str(c) for c in range(self.num_classes)]
