@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +97,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: Prepended to a script run by :func:`run_without_ltcls`: torch's folder on the path, and proof that ltcls is not.
+_WITHOUT_LTCLS = """
+import sys
+sys.path.append(sys.argv.pop(1))
+try:
+    import ltcls  # noqa: F401
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("ltcls is importable here: " + ltcls.__file__)
+"""
+
+
+def run_without_ltcls(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` in a Python that cannot import ltcls (``-I -S``: no site-packages processing, so the
+    editable install's .pth file is invisible; PYTHONPATH dropped) but has torch; fails the test on an error."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    site = str(Path(torch.__file__).parents[1])
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", _WITHOUT_LTCLS + script, site, *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.stderr + proc.stdout)[-3000:]
+    return proc

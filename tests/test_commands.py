@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_without_ltcls
 from PIL import Image
 
 from ltcls.cli import eval as eval_cli
@@ -35,19 +35,11 @@ SAME = ("overall", "many", "medium", "few", "mean_per_class", "per_class", "clas
         "num_classes", "class_names")
 DIGITS = [str(d) for d in range(10)]
 
-# Runs with -I -S: site-packages (and ltcls's editable install) invisible; torch's folder is added by hand.
+# Run where ltcls cannot be imported (conftest.run_without_ltcls).
 _LOAD_WITHOUT_LTCLS = """
-import sys
-sys.path.append(sys.argv[1])
-try:
-    import ltcls  # noqa: F401
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit("ltcls is importable here: " + ltcls.__file__)
 import torch
-x = torch.load(sys.argv[2])
-torch.save(torch.jit.load(sys.argv[3])(x), sys.argv[4])
+x = torch.load(sys.argv[1])
+torch.save(torch.jit.load(sys.argv[2])(x), sys.argv[3])
 """
 
 
@@ -71,12 +63,7 @@ def _images(root: Path, n: int, seed: int) -> list[Path]:
 def _exported_logits(module: Path, x: torch.Tensor, tmp_path: Path) -> torch.Tensor:
     """The exported module's outputs on ``x``, computed in a Python that cannot import ltcls."""
     torch.save(x, tmp_path / "x.pt")
-    site = str(Path(torch.__file__).parents[1])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", _LOAD_WITHOUT_LTCLS, site, str(tmp_path / "x.pt"),
-                           str(module), str(tmp_path / "y.pt")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_without_ltcls(_LOAD_WITHOUT_LTCLS, str(tmp_path / "x.pt"), str(module), str(tmp_path / "y.pt"), cwd=tmp_path)
     return torch.load(tmp_path / "y.pt")
 
 

@@ -4,13 +4,11 @@ model's logits; the json beside it describes the input."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_without_ltcls
 from torch import nn
 
 from ltcls.export import DualHeadClassifier, LossScores, export_torchscript
@@ -23,22 +21,14 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 COUNTS = [40, 20, 9, 3, 1]
 NAMES = ["ant", "bee", "cat", "dog", "emu"]
 
-# Runs with -I -S: no site-packages processing, so ltcls's editable install (a .pth file) is invisible; torch's
-# folder is added by hand. It asserts that ltcls cannot be imported, then compares every exported module.
+# Run where ltcls cannot be imported (conftest.run_without_ltcls); compares every exported module.
 _CHECK = """
-import json, sys
-sys.path.append(sys.argv[1])
-try:
-    import ltcls  # noqa: F401
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit("ltcls is importable here: " + ltcls.__file__)
+import json
 import torch
-data = torch.load(sys.argv[2])
+data = torch.load(sys.argv[1])
 out = {}
 for name, expected in data["expected"].items():
-    module = torch.jit.load(sys.argv[3] + "/" + name + ".pt")
+    module = torch.jit.load(sys.argv[2] + "/" + name + ".pt")
     got = module(data["x"])
     same_inf = torch.isinf(expected) == torch.isinf(got)
     finite = torch.isfinite(expected)
@@ -81,11 +71,7 @@ def test_exported_modules_match_the_model_without_ltcls(tmp_path: Path) -> None:
     assert torch.isinf(expected["ncm"][:, 4]).all()
     torch.save({"x": x, "expected": expected}, tmp_path / "check.pt")
 
-    site = str(Path(torch.__file__).parents[1])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", _CHECK, site, str(tmp_path / "check.pt"), str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+    proc = run_without_ltcls(_CHECK, str(tmp_path / "check.pt"), str(tmp_path), cwd=tmp_path)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) == set(expected)
     for name, r in result.items():
