@@ -307,8 +307,10 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             # a finished run: nothing to train, and evaluating again would add TensorBoard points
             log.info("%s already finished (metrics in %s); nothing to resume", work_dir, work_dir / "metrics.json")
             return 0
-    if not args.resume and not args.print_config:
-        _refuse_existing_run(work_dir)  # cheap, before the data is built; checked again under the lock
+    cfg = None
+    if not args.resume:  # torch-free: config errors answer before the engine is imported
+        with user_errors(START_ERRORS):
+            cfg, work_dir = resolve_run(args, parser)  # also refuses a directory holding a run (again under the lock)
     # The engine (torch, timm, torchvision, matplotlib) is imported only now that a run starts.
     from ltcls.engine.checkpoint import CheckpointError  # lazy: see the module docstring
     from ltcls.engine.rundir import RunDirError, RunDirLock  # lazy: as above
@@ -319,7 +321,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             with user_errors((RunDirError,)):
                 lock.acquire()  # a resume reads the run's files: hold its directory first
         with user_errors((*START_ERRORS, CheckpointError, RunDirError)):
-            cfg, work_dir, run, task = _prepare(args, parser, work_dir)
+            if cfg is None:
+                cfg, work_dir = resolve_run(args, parser)  # --resume: the checkpoint's config
+            run, task = _prepare(args, cfg, work_dir)
             if args.print_config:
                 sys.stdout.write(C.dump(cfg))
                 return 0
@@ -331,17 +335,16 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         lock.release()
 
 
-def _prepare(args: argparse.Namespace, parser: argparse.ArgumentParser, work_dir: Path
-             ) -> tuple[C.Config, Path, object, object]:
-    """Resolve the config and run every start-up check (see :mod:`ltcls.engine.preflight`); nothing is written."""
+def _prepare(args: argparse.Namespace, cfg: C.Config, work_dir: Path) -> tuple[object, object]:
+    """Every start-up check (see :mod:`ltcls.engine.preflight`); nothing is written. Returns the built stage-1
+    run (None for stage 2, whose runner builds its own) and the task."""
     from ltcls.engine import build_task  # lazy: see the module docstring
     from ltcls.engine.preflight import check_device, check_run, check_stage2  # lazy: as above
 
-    cfg, work_dir = resolve_run(args, parser)
     check_device(cfg.train.device)
     task = build_task(cfg)
     run = check_stage2(cfg, task, work_dir) if args.stage2 else check_run(cfg, task, work_dir)
-    return cfg, work_dir, run, task
+    return run, task
 
 
 def _run(args: argparse.Namespace, cfg: C.Config, work_dir: Path, run: object, task: object, main: bool) -> int:
