@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ ROOT = Path(__file__).parents[1]
 # The tiny digits recipe of tests/test_train_e2e.py: ResNet-8 on 16x16 digits, 12 steps an epoch.
 TINY = ["model.name=cifar_resnet8", "data.img_size=16", "train.batch_size=32", "train.num_workers=0",
         "train.log_interval=2", "eval.interval=2"]
+Usage = namedtuple("Usage", "total used free")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0", "LTCLS_DEBUG": ""}
 
 
@@ -58,10 +60,8 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 # ----------------------------------------------------------------------------------- one-line user errors
 
 
-@pytest.mark.parametrize("override, names", [
-    ("train.epochs=-3", "train.epochs"), ("train.batch_size=0", "train.batch_size"), ("train.lr=-0.1", "train.lr"),
-    ("data.img_size=-5", "data.img_size"), ("eval.few_threshold=500", "eval.few_threshold"),
-])
+@pytest.mark.parametrize("override, names", [("train.epochs=-3", "train.epochs"),
+                                             ("data.img_size=-5", "data.img_size")])
 def test_value_out_of_range_is_one_line_before_anything_is_written(tmp_path, override, names):
     run = tmp_path / "run"
     proc = _run("--config", str(_cfg(tmp_path, 1)), "--work-dir", str(run), "--set", *TINY, override)
@@ -69,6 +69,18 @@ def test_value_out_of_range_is_one_line_before_anything_is_written(tmp_path, ove
     line = _error_line(proc)
     assert line.startswith("ltcls-train: error: ") and names in line
     assert not run.exists()
+
+
+@pytest.mark.parametrize("override, names", [
+    ("train.batch_size=0", "train.batch_size"), ("train.lr=-0.1", "train.lr"), ("train.seed=-1", "train.seed"),
+    ("eval.few_threshold=500", "eval.few_threshold"), ("model.drop_rate=1.5", "model.drop_rate"),
+    ("train.device=gpu", "train.device"), ("train.clip_grad_norm=0", "train.clip_grad_norm"),
+])
+def test_more_values_out_of_range_in_process(tmp_path, capsys, override, names):
+    with pytest.raises(SystemExit) as info:
+        train_main(["--config", str(_cfg(tmp_path, 1)), "--work-dir", str(tmp_path / "run"), "--set", override])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and names in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -283,7 +295,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
         calls.append(f)
         if len(calls) == 2:  # the second checkpoint: a partial file, then torch's zip writer error
             Path(f).write_bytes(b"PK\x03\x04partial")
-            monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: (10 << 30, 10 << 30, 0))
+            monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
         return real_save(obj, f, *args, **kwargs)
 

@@ -302,11 +302,6 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _setup_logging(main)
     with user_errors(START_ERRORS):
         work_dir = run_dir_of(args, parser)
-    if args.resume and not args.print_config:
-        if (work_dir / "metrics.json").is_file() and (work_dir / CHECKPOINT).is_file():
-            # a finished run: nothing to train, and evaluating again would add TensorBoard points
-            log.info("%s already finished (metrics in %s); nothing to resume", work_dir, work_dir / "metrics.json")
-            return 0
     cfg = None
     if not args.resume:  # torch-free: config errors answer before the engine is imported
         with user_errors(START_ERRORS):
@@ -323,6 +318,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         with user_errors((*START_ERRORS, CheckpointError, RunDirError)):
             if cfg is None:
                 cfg, work_dir = resolve_run(args, parser)  # --resume: the checkpoint's config
+                if not args.print_config and (work_dir / "metrics.json").is_file():
+                    # finished: nothing to train, and evaluating again would add TensorBoard points
+                    log.info("%s already finished (metrics in %s); nothing to resume", work_dir,
+                             work_dir / "metrics.json")
+                    return 0
             run, task = _prepare(args, cfg, work_dir)
             if args.print_config:
                 sys.stdout.write(C.dump(cfg))
