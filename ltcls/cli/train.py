@@ -74,6 +74,12 @@ Config resolution: built-in defaults <- the --config yaml <- every --set overrid
 wrong types are errors naming the key. The resolved config is written to WORK_DIR/config.yaml;
 metrics go to WORK_DIR/metrics.json, TensorBoard events to WORK_DIR/tb, the log to WORK_DIR/train.log
 and the latest checkpoint (every epoch) to WORK_DIR/checkpoint.pt.
+
+Before training, the values, the device, the data (every split read, the evaluation images), the model and
+the work directory are checked. WORK_DIR is locked for the life of the run. Ctrl-C / SIGTERM stop after the
+current step (train.checkpoint_on_signal=true also writes a checkpoint there) and print the --resume command.
+Exit status: 0 done; 2 a user error (one line; --debug or LTCLS_DEBUG=1 shows the traceback); 1 a run that
+failed cleanly (disk full, non-finite loss); 130 / 143 interrupted. See docs/troubleshooting.md.
 """
 
 TRAIN_EXAMPLES = """\

@@ -40,7 +40,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step_fn: Callable[[nn.
                     scaler: torch.amp.GradScaler | None = None, clip_grad_norm: float | None = None,
                     accum_steps: int = 1, log: Callable[[int, float, float, dict[str, float]], None] | None = None,
                     log_interval: int = 10, desc: str = "train", step: int = 0,
-                    should_stop: Callable[[], bool] | None = None, on_start: Callable[[], None] | None = None
+                    should_stop: Callable[[int], bool] | None = None, on_start: Callable[[], None] | None = None
                     ) -> dict[str, Any]:
     """Train for one pass over ``loader``; ``step_fn(model, batch)`` returns a ``StepOutput`` (``loss``,
     ``num_samples``, named ``parts``; see ``ltcls.engine.tasks``); ``log(step, loss, lr, parts)`` is called
@@ -48,7 +48,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step_fn: Callable[[nn.
 
     With ``accum_steps`` > 1 the gradients of that many micro-batches are averaged before each
     optimizer step (DDP synchronizes only on the last one); a trailing incomplete group is dropped.
-    ``should_stop()`` is polled after each optimizer step (the safe point of an interrupt): when it is true
+    ``should_stop(step)`` is polled after each optimizer step (the safe point of an interrupt): when it is true
     the epoch ends there with ``interrupted`` set. ``on_start()`` runs once the loader's iterator exists,
     before the first batch (a mid-epoch resume restores the RNG state there: creating the iterator draws
     from it). Returns the mean loss, images/s (this process), the global step, the micro-batches consumed
@@ -100,7 +100,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step_fn: Callable[[nn.
                 log(step, loss_value, lr, parts)
             bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()}, lr=f"{lr:.3g}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        if should_stop is not None and should_stop():
+        if should_stop is not None and should_stop(step):
             interrupted = True
             break
     bar.close()

@@ -247,7 +247,7 @@ class Trainer:
                     state.wrapped, loader, self._step_fn(stage, state), state.optimizer, state.scheduler,
                     scaler=state.scaler, clip_grad_norm=t.clip_grad_norm, accum_steps=t.accum_steps,
                     log=self._log_fn(stage), log_interval=t.log_interval,
-                    desc=f"{stage.name} {state.epoch + 1}/{epochs}", step=state.step, should_stop=stop_requested,
+                    desc=f"{stage.name} {state.epoch + 1}/{epochs}", step=state.step, should_stop=self._should_stop,
                     on_start=on_start)
             except NonFiniteLossError as e:
                 raise TrainingDiverged(f"{e} ({stage.name}, epoch {state.epoch + 1}); {self._last_good()}; lower "
@@ -261,6 +261,18 @@ class Trainer:
                 hook.after_epoch(self, stage, state, stats)
         for hook in self.hooks:
             hook.after_stage(self, stage, state)
+
+    def _should_stop(self, step: int) -> bool:
+        """Whether to stop after optimizer step ``step`` on SIGINT / SIGTERM. With several processes they must
+        stop at the same step: the flag is all-reduced every ``train.log_interval`` steps (where the loop
+        synchronizes with the device anyway), so a signal to any process stops them all there."""
+        if not self.dist.enabled:
+            return stop_requested()
+        if step % self.cfg.train.log_interval:
+            return False
+        flag = torch.tensor([float(stop_requested())], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _rest_of_epoch(self, loader: DataLoader, skip: int) -> DataLoader:
         """``loader`` without its first ``skip`` micro-batches (same sampler order, batch size and drop_last)."""
@@ -281,7 +293,8 @@ class Trainer:
         checkpoint there first (epoch ``state.epoch``, ``batches`` micro-batches in), then raise
         :class:`Interrupted` naming the last checkpoint (the command adds the ``--resume`` line)."""
         interrupt = active()
-        name, code = (interrupt.signal_name, interrupt.exit_code) if interrupt is not None else ("a signal", 130)
+        name = (interrupt.signal_name if interrupt is not None else None) or "a signal to another process"
+        code = (interrupt.exit_code if interrupt is not None else None) or 143
         if stage.train.checkpoint_on_signal:
             self.save_checkpoint(stage, state, batch=batches)
         where = self._last_good().replace("the last good checkpoint is", "last checkpoint:")
