@@ -308,3 +308,17 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
     assert not list(run.glob("*.tmp"))
     monkeypatch.setattr(checkpoint_mod.torch, "save", real_save)
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_print_config_runs_the_checks_without_refusing_an_existing_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"x")  # an existing run: training would refuse, --print-config does not
+    cfg = str(_cfg(tmp_path, 1))
+    assert train_main(["--config", cfg, "--work-dir", str(run), "--print-config", "--set", *TINY]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["name"] == "cifar_resnet8"
+    with pytest.raises(SystemExit) as info:  # the same start-up checks as a run
+        train_main(["--config", cfg, "--work-dir", str(run), "--print-config", "--set", *TINY, "eval.split=val"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "eval.split" in err and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]  # nothing written, no lock taken
