@@ -235,12 +235,12 @@ def test_sigint_with_checkpoint_on_signal_resumes_mid_epoch_exactly(reference, t
 def test_second_process_into_a_running_run_directory_is_refused(reference, tmp_path):
     cfg, _ = reference
     run = tmp_path / "run"
-    first = subprocess.Popen(_cmd("--config", str(cfg), "--work-dir", str(run), "--set", *TINY),
+    first = subprocess.Popen(_cmd("--config", str(cfg), "--work-dir", str(run), "--set", *TINY, "train.epochs=100"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
     try:
         _wait_for(lambda: RunDirLock.holder(run) is not None, first)
-        for args in (["--config", str(cfg), "--work-dir", str(run), "--set", *TINY], ["--work-dir", str(run),
-                                                                                        "--resume"]):
+        for args in (["--config", str(cfg), "--work-dir", str(run), "--set", *TINY, "train.epochs=100"],
+                     ["--work-dir", str(run), "--resume"]):
             second = _run(*args)
             line = _error_line(second)
             assert second.returncode == 2 and str(run) in line and f"PID {first.pid}" in line, line

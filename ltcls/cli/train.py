@@ -217,6 +217,10 @@ def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
 def _refuse_existing_run(work_dir: Path) -> None:
     for existing in (work_dir / CHECKPOINT, work_dir / "metrics.json"):
         if existing.exists():
+            from ltcls.engine.rundir import RunDirBusy, RunDirLock  # lazy: only on this error (imports torch)
+
+            if (pid := RunDirLock.holder(work_dir)) is not None:  # a live run is writing there
+                raise CommandError(str(RunDirBusy(work_dir, pid)))
             raise CommandError(f"{work_dir} already holds a run ({existing.name}); pass --resume to continue it, "
                                "or --work-dir NEW_DIR for a new run (nothing is overwritten)")
 
