@@ -267,7 +267,10 @@ def _resolve_stage2(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         try:
             finished_run_config(stage1_dir)
         except FileNotFoundError as e:
-            _fail(parser, f"--stage2: {e}")
+            from ltcls.engine.rundir import RunDirLock  # lazy: only on this error (imports torch)
+
+            pid = RunDirLock.holder(stage1_dir)
+            _fail(parser, f"--stage2: {e}" + (f"; a run is in progress there (PID {pid})" if pid is not None else ""))
     return C.resolve(base, args.overrides, source=str(stage1_cfg_file))
 
 
