@@ -83,9 +83,8 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "train_one_epoch", crash_on_third_epoch)
-    with pytest.raises(SystemExit) as info:  # a KeyboardInterrupt outside the loop's safe points: exit 130
+    with pytest.raises(KeyboardInterrupt):
         train_main(["--config", str(cfg), "--work-dir", str(broken), "--set", *TINY])
-    assert info.value.code == 130
     ckpt = torch.load(broken / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and not (broken / "metrics.json").exists()
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)

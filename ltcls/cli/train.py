@@ -304,10 +304,6 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         if debug_requested(args):
             raise (e.__cause__ or e) from None
         parser.exit(e.code, f"ltcls-train: error: {e}\n")
-    except KeyboardInterrupt:  # Ctrl-C before training started (or a second Ctrl-C): nothing half-written
-        if debug_requested(args):
-            raise
-        parser.exit(130, "ltcls-train: interrupted by SIGINT\n")
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -328,7 +324,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if main and args.resume and not args.print_config:
             with user_errors((RunDirError,)):
                 lock.acquire()  # a resume reads the run's files: hold its directory first
-        with user_errors((*START_ERRORS, CheckpointError, RunDirError)):
+        with user_errors((*START_ERRORS, CheckpointError, RunDirError)), _start_interrupt(args, parser):
             if cfg is None:
                 cfg, work_dir = resolve_run(args, parser)  # --resume: the checkpoint's config
                 if not args.print_config and (work_dir / "metrics.json").is_file():
@@ -346,6 +342,19 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _run(args, cfg, work_dir, run, task, main)
     finally:
         lock.release()
+
+
+@contextmanager
+def _start_interrupt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Ctrl-C while the data and model are built (before the training loop's handler is installed): one line,
+    exit 130, nothing was written. During training the first Ctrl-C stops at a safe point; a second one raises
+    ``KeyboardInterrupt`` with its traceback, as the signal handler documents."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debug_requested(args):
+            raise
+        parser.exit(130, "ltcls-train: interrupted by SIGINT before training started (nothing was written)\n")
 
 
 def _prepare(args: argparse.Namespace, cfg: C.Config, work_dir: Path) -> tuple[object, object]:
