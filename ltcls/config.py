@@ -31,10 +31,31 @@ from ltcls.registry import Schema, signature_schema
 log = logging.getLogger("ltcls")
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+#: Ranges of component parameters that several components share (``data.img_size``, ...), checked by name.
+PARAM_RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "img_size": (1, None, "an integer >= 1"), "decode_size": (0, None, "an integer >= 0 or null"),
+    "crop_pct": (1e-9, 1.000001, "a fraction in (0, 1]"), "hflip": (0, 1.000001, "a probability in [0, 1]"),
+    "imbalance_factor": (1, None, "a ratio >= 1"), "test_per_class": (1, None, "an integer >= 1"),
+    "val_per_class": (0, None, "an integer >= 0")}
 
 
 class ConfigError(ValueError):
     """A config file or override does not fit the schema; the message names the key."""
+
+
+def _check_range(section: str, obj: Any, rules: Mapping[str, tuple[float | None, float | None, str]]) -> None:
+    """Raise ``ConfigError`` naming ``section.key`` when a value lies outside its range.
+
+    ``rules`` maps a key to ``(low, high, what)``: ``low <= value`` and ``value < high`` (``None``: unbounded);
+    ``None`` values (optional keys) are not checked; ``what`` is the expectation as the message says it."""
+    for key, (low, high, what) in rules.items():
+        values = getattr(obj, key)
+        for value in values if isinstance(values, list) else [values]:
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if (low is not None and value < low) or (high is not None and value >= high) or value != value:
+                raise ConfigError(f"{section}.{key}: expected {what}, got {values!r}")
 
 
 @dataclass
@@ -75,6 +96,21 @@ class TrainConfig:
     sync_bn: bool = False
     device: str = "auto"
     log_interval: int = 10
+    checkpoint_on_signal: bool = False
+
+    def __post_init__(self) -> None:
+        _check_range("train", self, {
+            "epochs": (1, None, "an integer >= 1"), "batch_size": (1, None, "an integer >= 1"),
+            "lr": (0, None, "a learning rate >= 0"), "momentum": (0, 1, "a value in [0, 1)"),
+            "weight_decay": (0, None, "a value >= 0"), "milestones": (1, None, "epochs >= 1"),
+            "gamma": (0, None, "a factor >= 0"), "warmup_epochs": (0, None, "an integer >= 0"),
+            "clip_grad_norm": (0, None, "a norm > 0 or null"), "accum_steps": (1, None, "an integer >= 1"),
+            "seed": (0, 2**32, "an integer in [0, 2**32)"), "num_workers": (0, None, "an integer >= 0"),
+            "log_interval": (1, None, "an integer >= 1")})
+        if self.clip_grad_norm == 0:
+            raise ConfigError("train.clip_grad_norm: expected a norm > 0 or null (no clipping), got 0")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"train.device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
 
 
 @dataclass
@@ -88,6 +124,15 @@ class EvalConfig:
     few_threshold: int = 20
     logit_adjust_tau: float = 0.0
 
+    def __post_init__(self) -> None:
+        _check_range("eval", self, {
+            "interval": (0, None, "an integer >= 0 (0: evaluate only at the end)"),
+            "batch_size": (1, None, "an integer >= 1"), "many_threshold": (1, None, "an integer >= 1"),
+            "few_threshold": (0, None, "an integer >= 0"), "logit_adjust_tau": (0, None, "a value >= 0")})
+        if self.few_threshold >= self.many_threshold:
+            raise ConfigError(f"eval.few_threshold ({self.few_threshold}) must be below eval.many_threshold "
+                              f"({self.many_threshold})")
+
 
 @dataclass
 class ModelConfig:
@@ -98,6 +143,10 @@ class ModelConfig:
     drop_rate: float = 0.0
     drop_path_rate: float | None = None
     kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_range("model", self, {"drop_rate": (0, 1, "a probability in [0, 1)"),
+                                     "drop_path_rate": (0, 1, "a probability in [0, 1) or null")})
 
 
 @dataclass
@@ -125,6 +174,10 @@ class Stage2Config:
     dual_head_threshold: int | None = None
     combine: Literal["sel", "avg"] = "sel"
     combine_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_range("stage2", self, {"cache_views": (1, None, "an integer >= 1"),
+                                      "dual_head_threshold": (0, None, "an integer >= 0 or null")})
 
 
 @dataclass
@@ -154,6 +207,14 @@ class DetectionConfig:
     mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
     box_batch_size_per_image: int = 512
     trainable_backbone_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_range("detection", self, {
+            "min_size": (1, None, "sizes >= 1"), "max_size": (1, None, "an integer >= 1"),
+            "score_thresh": (0, 1, "a value in [0, 1)"), "detections_per_img": (1, None, "an integer >= 1"),
+            "nms_thresh": (0, 1.000001, "a value in [0, 1]"), "mask_threshold": (0, 1, "a value in [0, 1)"),
+            "mask_tau": (0, None, "a value > 0"), "box_batch_size_per_image": (1, None, "an integer >= 1"),
+            "trainable_backbone_layers": (0, 6, "an integer in 0..5 or null")})
 
 
 class Component:
@@ -414,6 +475,9 @@ def resolve(file_cfg: Config | Mapping[str, Any] | None = None, overrides: Seque
                 where = f"in section '{section}'" + (f" ({section} '{name}' has no such parameter)" if name else "")
                 raise _unknown(f"{section}.{key}", schema, where)
             values[key] = check_value(f"{section}.{key}", value, schema[key][0])
+        if section not in FIXED_SECTIONS:
+            _check_range(section, types.SimpleNamespace(**values),
+                         {k: r for k, r in PARAM_RANGES.items() if k in values})
         cfg[section] = values
     return Config.from_dict(cfg)
 

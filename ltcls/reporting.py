@@ -87,10 +87,12 @@ class Reporter:
     run sit side by side in TensorBoard. Only the main process should build one.
     """
 
-    def __init__(self, work_dir: str | Path, prefix: str = "") -> None:
+    def __init__(self, work_dir: str | Path, prefix: str = "", purge_step: int | None = None) -> None:
+        """``purge_step`` (on ``--resume``: the checkpoint's step + 1): TensorBoard drops the points an earlier
+        writer logged at that step or later, so the epochs a resumed run repeats are not drawn twice."""
         self.work_dir = Path(work_dir)
         self.prefix = prefix
-        self.writer = SummaryWriter(log_dir=str(self.work_dir / "tb"))
+        self.writer = SummaryWriter(log_dir=str(self.work_dir / "tb"), purge_step=purge_step)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(self.prefix + tag, value, step)

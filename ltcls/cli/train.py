@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ltcls import config as C
@@ -21,6 +24,49 @@ log = logging.getLogger("ltcls")
 
 CHECKPOINT = "checkpoint.pt"  # ltcls.engine.trainer.CHECKPOINT (not imported: the engine imports torch)
 
+#: Errors found before training starts that are the user's input (values, split files, paths): one line, exit 2.
+START_ERRORS: tuple[type[BaseException], ...] = (C.ConfigError, ValueError, KeyError, FileNotFoundError,
+                                                 NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+class CommandError(Exception):
+    """A user error the command reports as one line ``ltcls-train: error: MESSAGE`` with exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (a KeyError's without quotes; a DataLoader worker's re-raised
+    traceback text reduced to its last line)."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    text = str(text).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
+
+
+@contextmanager
+def user_errors(kinds: tuple[type[BaseException], ...], code: int = 2) -> Iterator[None]:
+    """Turn ``kinds`` raised inside into :class:`CommandError` (the original kept as ``__cause__`` for --debug)."""
+    try:
+        yield
+    except CommandError:
+        raise
+    except kinds as e:
+        raise CommandError(one_line(e), code) from e
+
+
+def debug_requested(args: argparse.Namespace) -> bool:
+    """``--debug`` or ``LTCLS_DEBUG`` set (to anything but empty / 0): show tracebacks of user errors."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("LTCLS_DEBUG", "") not in ("", "0")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (``RANK``), or a single process; known before torch is imported."""
+    return int(os.environ.get("RANK", "0")) == 0
+
 TRAIN_DESCRIPTION = """\
 Train a long-tailed classifier and report top-1 overall / many / medium / few-shot accuracy.
 
@@ -28,6 +74,12 @@ Config resolution: built-in defaults <- the --config yaml <- every --set overrid
 wrong types are errors naming the key. The resolved config is written to WORK_DIR/config.yaml;
 metrics go to WORK_DIR/metrics.json, TensorBoard events to WORK_DIR/tb, the log to WORK_DIR/train.log
 and the latest checkpoint (every epoch) to WORK_DIR/checkpoint.pt.
+
+Before training, the values, the device, the data (every split read, the evaluation images), the model and
+the work directory are checked. WORK_DIR is locked for the life of the run. Ctrl-C / SIGTERM stop after the
+current step (train.checkpoint_on_signal=true also writes a checkpoint there) and print the --resume command.
+Exit status: 0 done; 2 a user error (one line; --debug or LTCLS_DEBUG=1 shows the traceback); 1 a run that
+failed cleanly (disk full, non-finite loss); 130 / 143 interrupted. See docs/troubleshooting.md.
 """
 
 TRAIN_EXAMPLES = """\
@@ -74,6 +126,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--list-params", action="store_true",
                         help="list every registered component's parameters and defaults, and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of user errors too (or set LTCLS_DEBUG=1)")
     return parser
 
 
@@ -81,21 +135,27 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> None:
     parser.exit(2, f"ltcls-train: error: {message}\n")
 
 
-def _setup_logging(work_dir: Path | None) -> None:
-    """Console + ``work_dir/train.log`` at INFO on the main process; warnings only on the other ranks."""
+_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+
+def _setup_logging(main: bool) -> None:
+    """Console at INFO on the main process (warnings only on the other ranks); ``train.log`` is added once the
+    run directory is locked (:func:`_log_to_file`)."""
     logger = logging.getLogger("ltcls")
-    logger.setLevel(logging.INFO if work_dir is not None else logging.WARNING)
+    logger.setLevel(logging.INFO if main else logging.WARNING)
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if work_dir is not None:
-        handlers.append(logging.FileHandler(work_dir / "train.log"))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FORMAT)
+    logger.addHandler(handler)
     logger.propagate = False
+
+
+def _log_to_file(work_dir: Path) -> None:
+    handler = logging.FileHandler(work_dir / "train.log")
+    handler.setFormatter(_FORMAT)
+    logging.getLogger("ltcls").addHandler(handler)
 
 
 def _diff(a: dict, b: dict, path: str = "") -> list[str]:
@@ -110,40 +170,93 @@ def _diff(a: dict, b: dict, path: str = "") -> list[str]:
     return out
 
 
-def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[C.Config, Path]:
-    """Resolved config and run directory, refusing to overwrite an existing run."""
+def run_dir_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """The run directory the command writes: ``--work-dir``, else ``runs/<config name>`` (stage 2:
+    ``STAGE1_RUN/stage2_METHOD``)."""
+    if args.work_dir:
+        return Path(args.work_dir)
     if args.stage2:
-        cfg, work_dir = _resolve_stage2(args, parser)
+        return _stage1_dir(args, parser) / f"stage2_{args.stage2}"
+    if args.config is None:
+        _fail(parser, "--config is required (or --resume with --work-dir)")
+    return Path("runs") / Path(args.config).stem
+
+
+def _stage1_dir(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    if args.from_run:
+        return Path(args.from_run)
+    if args.config:
+        return Path("runs") / Path(args.config).stem
+    _fail(parser, "--stage2 needs --from RUN_DIR (or --config of the stage-1 run)")
+
+
+def resolve_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[C.Config, Path]:
+    """Resolved config and run directory, refusing to overwrite an existing run.
+
+    With ``--resume`` the config is the one stored in the checkpoint; the run's ``config.yaml`` and any
+    ``--config`` / ``--set`` given must agree with it (an error names the keys that differ)."""
+    if args.stage2:
+        cfg = _resolve_stage2(args, parser)
     else:
         if args.from_run:
             _fail(parser, "--from needs --stage2 METHOD")
         if args.config is None and not (args.resume and args.work_dir):
             _fail(parser, "--config is required (or --resume with --work-dir)")
         cfg = C.load(args.config, args.overrides) if args.config else None
-        work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / Path(args.config).stem
+    work_dir = run_dir_of(args, parser)
     ckpt = work_dir / CHECKPOINT
     if args.resume:
         if not ckpt.is_file():
             _fail(parser, f"--resume: no checkpoint at {ckpt}; start the run without --resume")
-        saved = C.load(work_dir / "config.yaml")
-        if cfg is not None and cfg != saved:
-            changes = "\n  ".join(_diff(saved.to_dict(), cfg.to_dict()))
-            _fail(parser, f"--resume: the config differs from the run's {work_dir / 'config.yaml'}:\n  {changes}")
-        return saved, work_dir
-    for existing in (ckpt, work_dir / "metrics.json"):
-        if existing.exists():
-            _fail(parser, f"{work_dir} already holds a run ({existing.name}); pass --resume to continue it, "
-                          "or --work-dir NEW_DIR for a new run (nothing is overwritten)")
+        return _resume_config(ckpt, cfg), work_dir
+    if not args.print_config:
+        _refuse_existing_run(work_dir)
     return cfg, work_dir
 
 
-def _resolve_stage2(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[C.Config, Path]:
-    if args.from_run:
-        stage1_dir = Path(args.from_run)
-    elif args.config:
-        stage1_dir = Path("runs") / Path(args.config).stem
+def _refuse_existing_run(work_dir: Path) -> None:
+    for existing in (work_dir / CHECKPOINT, work_dir / "metrics.json"):
+        if existing.exists():
+            from ltcls.engine.rundir import RunDirBusy, RunDirLock  # lazy: only on this error (imports torch)
+
+            if (pid := RunDirLock.holder(work_dir)) is not None:  # a live run is writing there
+                raise CommandError(str(RunDirBusy(work_dir, pid)))
+            raise CommandError(f"{work_dir} already holds a run ({existing.name}); pass --resume to continue it, "
+                               "or --work-dir NEW_DIR for a new run (nothing is overwritten)")
+
+
+def _resume_config(ckpt: Path, given: C.Config | None) -> C.Config:
+    """The checkpoint's stored config, checked against the run's ``config.yaml`` and the command's config."""
+    from ltcls.engine.checkpoint import load_checkpoint  # lazy: torch is imported only once a run (re)starts
+
+    stored = load_checkpoint(ckpt).get("config")
+    cfg_file = ckpt.parent / "config.yaml"
+    if stored is None:  # a checkpoint written before the config was stored in it
+        log.warning("%s holds no config (an older checkpoint): resuming with %s", ckpt, cfg_file)
+        cfg = C.load(cfg_file)
     else:
-        _fail(parser, "--stage2 needs --from RUN_DIR (or --config of the stage-1 run)")
+        cfg = C.resolve(stored, source=f"{ckpt} (the config stored in it)")
+        if cfg_file.is_file():
+            on_disk = C.load(cfg_file)
+            if on_disk != cfg:
+                raise CommandError(f"--resume: {cfg_file} disagrees with the config stored in {ckpt} on "
+                                   f"{_changes(cfg, on_disk, 'checkpoint', 'config.yaml')}; the checkpoint's is the "
+                                   "config the run trained with: restore config.yaml (or delete it to have it "
+                                   "rewritten from the checkpoint)")
+    if given is not None and given != cfg:
+        raise CommandError(f"--resume: the config differs from the run's ({ckpt}) on "
+                           f"{_changes(cfg, given, 'run', 'now')}; resume with the run's config (leave out "
+                           "--config / --set), or start a new run with --work-dir NEW_DIR")
+    return cfg
+
+
+def _changes(a: C.Config, b: C.Config, name_a: str, name_b: str) -> str:
+    diff = _diff(a.to_dict(), b.to_dict())
+    return "; ".join(d.replace("(run)", f"({name_a})").replace("(now)", f"({name_b})") for d in diff)
+
+
+def _resolve_stage2(args: argparse.Namespace, parser: argparse.ArgumentParser) -> C.Config:
+    stage1_dir = _stage1_dir(args, parser)
     stage1_cfg_file = stage1_dir / "config.yaml"
     if not stage1_cfg_file.is_file():
         _fail(parser, f"--stage2: no stage-1 run at {stage1_dir} ({stage1_cfg_file.name} missing); train it first"
@@ -154,51 +267,145 @@ def _resolve_stage2(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         try:
             finished_run_config(stage1_dir)
         except FileNotFoundError as e:
-            _fail(parser, f"--stage2: {e}")
-    cfg = C.resolve(base, args.overrides, source=str(stage1_cfg_file))
-    work_dir = Path(args.work_dir) if args.work_dir else stage1_dir / f"stage2_{args.stage2}"
-    return cfg, work_dir
+            from ltcls.engine.rundir import RunDirLock  # lazy: only on this error (imports torch)
+
+            pid = RunDirLock.holder(stage1_dir)
+            _fail(parser, f"--stage2: {e}" + (f"; a run is in progress there (PID {pid})" if pid is not None else ""))
+    return C.resolve(base, args.overrides, source=str(stage1_cfg_file))
+
+
+def resume_command(args: argparse.Namespace, work_dir: Path) -> str:
+    """The exact command that continues this run."""
+    cmd = ["ltcls-train"]
+    if args.stage2:
+        cmd += ["--stage2", args.stage2]
+        if args.from_run:
+            cmd += ["--from", args.from_run]
+        elif args.config:
+            cmd += ["--config", args.config]
+    cmd += ["--work-dir", str(work_dir), "--resume"]
+    return shlex.join(cmd)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``ltcls-train``: end-to-end training, or a decoupled second stage with ``--stage2``."""
+    """``ltcls-train``: end-to-end training, or a decoupled second stage with ``--stage2``.
+
+    Exit status: 0 done (or already finished), 2 a user error found before training (one line), 1 a run that
+    failed cleanly (disk full, non-finite loss, unreadable image: one line), 130 / 143 stopped by SIGINT /
+    SIGTERM. ``--debug`` / ``LTCLS_DEBUG=1`` show the traceback of the one-line errors."""
     parser = build_train_parser()
     args = parser.parse_args(argv)
     if args.list_params:
         sys.stdout.write(C.describe(components=True) + "\n")
         return 0
     try:
-        cfg, work_dir = resolve_run(args, parser)
-    except C.ConfigError as e:
-        _fail(parser, str(e))
-    if args.print_config:
-        sys.stdout.write(C.dump(cfg))
-        return 0
+        return _train(args, parser)
+    except CommandError as e:
+        if debug_requested(args):
+            raise (e.__cause__ or e) from None
+        parser.exit(e.code, f"ltcls-train: error: {e}\n")
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    main = is_main_process()
+    _setup_logging(main)
+    with user_errors(START_ERRORS):
+        work_dir = run_dir_of(args, parser)
+    cfg = None
+    if not args.resume:  # torch-free: config errors answer before the engine is imported
+        with user_errors(START_ERRORS):
+            cfg, work_dir = resolve_run(args, parser)  # also refuses a directory holding a run (again under the lock)
     # The engine (torch, timm, torchvision, matplotlib) is imported only now that a run starts.
-    from ltcls.engine import Stage, Trainer, build_task  # lazy: see the module docstring
+    from ltcls.engine.checkpoint import CheckpointError  # lazy: see the module docstring
+    from ltcls.engine.rundir import RunDirError, RunDirLock  # lazy: as above
+
+    lock = RunDirLock(work_dir)
+    try:
+        if main and args.resume and not args.print_config:
+            with user_errors((RunDirError,)):
+                lock.acquire()  # a resume reads the run's files: hold its directory first
+        with user_errors((*START_ERRORS, CheckpointError, RunDirError)), _start_interrupt(args, parser):
+            if cfg is None:
+                cfg, work_dir = resolve_run(args, parser)  # --resume: the checkpoint's config
+                if not args.print_config and (work_dir / "metrics.json").is_file():
+                    # finished: nothing to train, and evaluating again would add TensorBoard points
+                    log.info("%s already finished (metrics in %s); nothing to resume", work_dir,
+                             work_dir / "metrics.json")
+                    return 0
+            run, task = _prepare(args, cfg, work_dir)
+            if args.print_config:
+                sys.stdout.write(C.dump(cfg))
+                return 0
+            if main and not lock.locked:
+                lock.acquire()  # released when the run ends, or by the kernel however the process ends
+                _refuse_existing_run(work_dir)  # another run may have finished here meanwhile
+        return _run(args, cfg, work_dir, run, task, main)
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _start_interrupt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Ctrl-C while the data and model are built (before the training loop's handler is installed): one line,
+    exit 130, nothing was written. During training the first Ctrl-C stops at a safe point; a second one raises
+    ``KeyboardInterrupt`` with its traceback, as the signal handler documents."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debug_requested(args):
+            raise
+        parser.exit(130, "ltcls-train: interrupted by SIGINT before training started (nothing was written)\n")
+
+
+def _prepare(args: argparse.Namespace, cfg: C.Config, work_dir: Path) -> tuple[object, object]:
+    """Every start-up check (see :mod:`ltcls.engine.preflight`); nothing is written. Returns the built stage-1
+    run (None for stage 2, whose runner builds its own) and the task."""
+    from ltcls.engine import build_task  # lazy: see the module docstring
+    from ltcls.engine.preflight import check_device, check_run, check_stage2  # lazy: as above
+
+    check_device(cfg.train.device)
+    task = build_task(cfg)
+    run = check_stage2(cfg, task, work_dir) if args.stage2 else check_run(cfg, task, work_dir)
+    return run, task
+
+
+def _run(args: argparse.Namespace, cfg: C.Config, work_dir: Path, run: object, task: object, main: bool) -> int:
+    """Train (or run stage 2) in the locked run directory; failures during the run are one line, exit 1."""
+    from ltcls.data.datasets.split_file import BadImageError  # lazy: see the module docstring
+    from ltcls.engine import Stage, Trainer  # lazy: as above
+    from ltcls.engine.checkpoint import CheckpointError, load_checkpoint  # lazy: as above
     from ltcls.engine.distributed import cleanup, init_distributed  # lazy: as above
+    from ltcls.engine.rundir import DiskFullError, RunDirError, atomic_write_text, remove_stale_temps  # lazy: as above
+    from ltcls.engine.signals import GracefulInterrupt, Interrupted  # lazy: as above
+    from ltcls.engine.trainer import TrainingDiverged  # lazy: as above
     from ltcls.reporting import Reporter  # lazy: as above
     from ltcls.stage2.runner import run_stage2  # lazy: as above
 
-    dist = init_distributed(cfg.train.device)
-    if dist.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            C.save(cfg, work_dir / "config.yaml")
-    _setup_logging(work_dir if dist.is_main else None)
-    log.info("run directory %s%s", work_dir, f" ({dist.world_size} processes)" if dist.enabled else "")
-    reporter = Reporter(work_dir, prefix="stage2/" if args.stage2 else "") if dist.is_main else None
-    if reporter is not None:
+    failures = (CheckpointError, DiskFullError, RunDirError, TrainingDiverged, BadImageError)
+    with user_errors(failures, code=1):
+        if main:
+            remove_stale_temps(work_dir)
+            if not args.resume or not (work_dir / "config.yaml").is_file():
+                atomic_write_text(work_dir / "config.yaml", C.dump(cfg))
+            _log_to_file(work_dir)
+        dist = init_distributed(cfg.train.device)
+        log.info("run directory %s%s", work_dir, f" ({dist.world_size} processes)" if dist.enabled else "")
+        # on --resume, TensorBoard drops what the interrupted run logged after the checkpoint (re-run steps)
+        purge = load_checkpoint(work_dir / CHECKPOINT)["step"] + 1 if args.resume else None
+    reporter = Reporter(work_dir, prefix="stage2/" if args.stage2 else "", purge_step=purge) if main else None
+    if reporter is not None and not args.resume:
         reporter.config(C.dump(cfg))
     try:
-        if args.stage2:
-            report, task = run_stage2(cfg, work_dir, reporter, resume=args.resume)
-        else:
-            task = build_task(cfg)
-            run = task.build(cfg)
-            log.info("%s", task.describe_data(cfg, run.data))
-            trainer = Trainer(run.model, run.data, cfg, work_dir, task, reporter)
-            report = trainer.fit([Stage("stage1", run.loss, cfg.train, cfg.sampler)], resume=args.resume)
+        with GracefulInterrupt(), user_errors(failures, code=1):
+            if args.stage2:
+                report, task = run_stage2(cfg, work_dir, reporter, resume=args.resume)
+            else:
+                log.info("%s", task.describe_data(cfg, run.data))
+                trainer = Trainer(run.model, run.data, cfg, work_dir, task, reporter)
+                report = trainer.fit([Stage("stage1", run.loss, cfg.train, cfg.sampler)], resume=args.resume)
+    except Interrupted as e:
+        sys.stderr.write(f"ltcls-train: {e}; resume with: {resume_command(args, work_dir)}\n")
+        return e.exit_code
     finally:
         if reporter is not None:
             reporter.close()

@@ -29,6 +29,20 @@ logger = logging.getLogger(__name__)
 #: The signals a run stops on cleanly; the shell's exit status for each is 128 + the signal number.
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+#: The innermost entered :class:`GracefulInterrupt` (what :func:`stop_requested` reads), or None.
+_ACTIVE: list[GracefulInterrupt] = []
+
+
+def stop_requested() -> bool:
+    """Whether the active :class:`GracefulInterrupt` (entered by the command around a run) got a signal: the
+    training loop polls this between steps without being handed the object. False when none is active."""
+    return bool(_ACTIVE) and _ACTIVE[-1].requested
+
+
+def active() -> GracefulInterrupt | None:
+    """The innermost entered :class:`GracefulInterrupt`, or None."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
 
 def exit_code_of(signum: int) -> int:
     """The shell convention for a process stopped by signal ``signum``: 128 + signum (SIGINT 130, SIGTERM 143)."""
@@ -77,6 +91,7 @@ class GracefulInterrupt:
             raise Interrupted(self.signal_name, self.exit_code, message)
 
     def __enter__(self) -> GracefulInterrupt:
+        _ACTIVE.append(self)
         if threading.current_thread() is not threading.main_thread():
             logger.debug("not in the main thread: SIGINT / SIGTERM keep their handlers")
             return self
@@ -87,6 +102,8 @@ class GracefulInterrupt:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         self._restore()
 
     def _restore(self) -> None:

@@ -10,9 +10,12 @@ happens around the loop (evaluation, checkpoints, TensorBoard) is done by hooks
 
 from __future__ import annotations
 
+import functools
+import itertools
+import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +33,12 @@ from ltcls.engine.distributed import gather_shards, rank_shard
 from ltcls.engine.distributed import info as dist_info
 from ltcls.engine.evaluation import EvalContext, inference_on_dataset
 from ltcls.engine.hooks import CheckpointHook, EpochLogHook, EvalHook, HookBase, TensorBoardHook
-from ltcls.engine.loops import predict, train_one_epoch
+from ltcls.engine.loops import NonFiniteLossError, predict, train_one_epoch
+from ltcls.engine.rundir import atomic_write_text
+from ltcls.engine.signals import Interrupted, active, stop_requested
 from ltcls.engine.stage import LoopState, Stage
 from ltcls.engine.tasks import Task
-from ltcls.reporting import Reporter, write_json
+from ltcls.reporting import Reporter
 
 log = logging.getLogger("ltcls")
 
@@ -69,6 +74,23 @@ def scaled_lr(t: TrainConfig) -> float:
     return t.lr * t.batch_size / t.base_batch_size if t.base_batch_size else t.lr
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN / infinite; the message names the step, the value and the last good checkpoint."""
+
+
+class _SkipSampler:
+    """``sampler`` without its first ``skip`` indices: the rest of an epoch interrupted after ``skip`` samples."""
+
+    def __init__(self, sampler: Any, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
 def default_hooks(cfg: Config, reporter: Reporter | None) -> list[HookBase]:
     """Epoch log, TensorBoard (main process), evaluation every ``eval.interval`` epochs and at the end, and
     a checkpoint every epoch."""
@@ -102,6 +124,9 @@ class Trainer:
         self.class_counts = data.class_counts
         self.history: list[dict[str, Any]] = []
         self.final_report: dict[str, Any] = {}
+        #: ``(epoch, step, batch)`` of the checkpoint this run last wrote or resumed from (None: none yet).
+        self.last_checkpoint: tuple[int, int, int] | None = None
+        self._resume_batch, self._resume_rng = 0, None
 
     # ----------------------------------------------------------------------------------- data
     def loader(self, dataset: Dataset, batch_size: int, sampler: Any = None, train: bool = False) -> DataLoader:
@@ -185,7 +210,9 @@ class Trainer:
             start_stage, start_epoch, step = ckpt["stage"], ckpt["epoch"], ckpt["step"]
             self.model.load_state_dict(ckpt["model"])
             self.history = list(ckpt.get("history", []))
-            log.info("resuming %s at stage %d, epoch %d", self.work_dir, start_stage, start_epoch)
+            self.last_checkpoint = (start_epoch, step, int(ckpt.get("batch", 0)))
+            log.info("resuming %s at stage %d, epoch %d%s", self.work_dir, start_stage, start_epoch,
+                     f", batch {ckpt['batch']} (an interrupt checkpoint)" if ckpt.get("batch") else "")
         for index, stage in enumerate(stages):
             if index < start_stage:
                 continue
@@ -209,6 +236,11 @@ class Trainer:
         if state.scaler is not None and ckpt.get("scaler"):
             state.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        # An interrupt checkpoint (train.checkpoint_on_signal) lies inside epoch ``epoch``, after ``batch``
+        # micro-batches: that epoch resumes with the rest of its sampler order, the RNG state set again once
+        # the new loader iterator exists (creating one draws a seed from torch's generator).
+        self._resume_batch = int(ckpt.get("batch", 0))
+        self._resume_rng = ckpt["rng"] if self._resume_batch else None
 
     def _run_stage(self, stage: Stage, state: LoopState) -> None:
         t, epochs = stage.train, stage.train.epochs
@@ -220,16 +252,69 @@ class Trainer:
                 state.loader.dataset.set_epoch(state.epoch)
             stage.loss.set_epoch(state.epoch, epochs)
             self._set_mode(stage)
-            stats = train_one_epoch(
-                state.wrapped, state.loader, self._step_fn(stage, state), state.optimizer, state.scheduler,
-                scaler=state.scaler, clip_grad_norm=t.clip_grad_norm, accum_steps=t.accum_steps,
-                log=self._log_fn(stage), log_interval=t.log_interval,
-                desc=f"{stage.name} {state.epoch + 1}/{epochs}", step=state.step)
-            state.step, state.epoch = stats["step"], state.epoch + 1
+            skip, self._resume_batch = self._resume_batch, 0
+            loader, on_start = state.loader, None
+            if skip:
+                loader = self._rest_of_epoch(state.loader, skip)
+                rng, self._resume_rng = self._resume_rng, None
+                on_start = functools.partial(set_rng_state, rng) if rng is not None else None
+            try:
+                stats = train_one_epoch(
+                    state.wrapped, loader, self._step_fn(stage, state), state.optimizer, state.scheduler,
+                    scaler=state.scaler, clip_grad_norm=t.clip_grad_norm, accum_steps=t.accum_steps,
+                    log=self._log_fn(stage), log_interval=t.log_interval,
+                    desc=f"{stage.name} {state.epoch + 1}/{epochs}", step=state.step, should_stop=self._should_stop,
+                    on_start=on_start)
+            except NonFiniteLossError as e:
+                raise TrainingDiverged(f"{e} ({stage.name}, epoch {state.epoch + 1}); {self._last_good()}; lower "
+                                       "train.lr, set train.clip_grad_norm or check the data, then start a new run "
+                                       "(--work-dir NEW_DIR) or --resume from that checkpoint") from None
+            state.step = stats["step"]
+            if stats["interrupted"]:
+                self._interrupted(stage, state, skip + stats["batches"])
+            state.epoch += 1
             for hook in self.hooks:
                 hook.after_epoch(self, stage, state, stats)
         for hook in self.hooks:
             hook.after_stage(self, stage, state)
+
+    def _should_stop(self, step: int) -> bool:
+        """Whether to stop after optimizer step ``step`` on SIGINT / SIGTERM. With several processes they must
+        stop at the same step: the flag is all-reduced every ``train.log_interval`` steps (where the loop
+        synchronizes with the device anyway), so a signal to any process stops them all there."""
+        if not self.dist.enabled:
+            return stop_requested()
+        if step % self.cfg.train.log_interval:
+            return False
+        flag = torch.tensor([float(stop_requested())], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _rest_of_epoch(self, loader: DataLoader, skip: int) -> DataLoader:
+        """``loader`` without its first ``skip`` micro-batches (same sampler order, batch size and drop_last)."""
+        return DataLoader(loader.dataset, batch_size=loader.batch_size,
+                          sampler=_SkipSampler(loader.sampler, skip * loader.batch_size), shuffle=False,
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                          drop_last=loader.drop_last, persistent_workers=False)
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written yet"
+        epoch, step, batch = self.last_checkpoint
+        within = f", batch {batch} of epoch {epoch + 1}" if batch else ""
+        return f"the last good checkpoint is {self.work_dir / CHECKPOINT} (epoch {epoch}, step {step}{within})"
+
+    def _interrupted(self, stage: Stage, state: LoopState, batches: int) -> None:
+        """Stop on SIGINT / SIGTERM after a finished step: with ``train.checkpoint_on_signal`` write an interrupt
+        checkpoint there first (epoch ``state.epoch``, ``batches`` micro-batches in), then raise
+        :class:`Interrupted` naming the last checkpoint (the command adds the ``--resume`` line)."""
+        interrupt = active()
+        name = (interrupt.signal_name if interrupt is not None else None) or "a signal to another process"
+        code = (interrupt.exit_code if interrupt is not None else None) or 143
+        if stage.train.checkpoint_on_signal:
+            self.save_checkpoint(stage, state, batch=batches)
+        where = self._last_good().replace("the last good checkpoint is", "last checkpoint:")
+        raise Interrupted(name, code, f"interrupted by {name} at step {state.step}; {where}")
 
     def _step_fn(self, stage: Stage, state: LoopState):
         def step(module: nn.Module, batch: Any):
@@ -244,11 +329,14 @@ class Trainer:
 
         return log_fn
 
-    def save_checkpoint(self, stage: Stage, state: LoopState) -> None:
-        """The model and the loop state, atomically (one writer; every rank reads it on ``--resume``)."""
+    def save_checkpoint(self, stage: Stage, state: LoopState, batch: int = 0) -> None:
+        """The model and the loop state, atomically (one writer; every rank reads it on ``--resume``).
+        ``batch`` > 0: an interrupt checkpoint ``batch`` micro-batches into epoch ``state.epoch``."""
+        self.last_checkpoint = (state.epoch, state.step, batch)
         if not self.dist.is_main:
             return
-        payload = {"stage": state.index, "epoch": state.epoch, "step": state.step, "model": self.model.state_dict(),
+        payload = {"stage": state.index, "epoch": state.epoch, "batch": batch, "step": state.step,
+                   "model": self.model.state_dict(),
                    "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
                    "sampler": state.sampler.state_dict(), "loss": stage.loss.state_dict(),
                    "scaler": state.scaler.state_dict() if state.scaler is not None else None, "rng": rng_state(),
@@ -301,7 +389,7 @@ class Trainer:
         if self.reporter is not None:
             self.reporter.flush()
         if final and self.dist.is_main:
-            write_json(self.work_dir / "metrics.json", report)
+            atomic_write_text(self.work_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
         return report
 
 
