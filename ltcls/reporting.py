@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
+from ltcls.io import atomic_write_text  # noqa: E402
 from ltcls.metrics import GROUPS, shot_groups  # noqa: E402
 
 _GROUP_COLORS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
@@ -133,11 +133,8 @@ class Reporter:
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write json atomically (temporary file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write json atomically (:func:`ltcls.io.atomic_write_text`), so a crash never leaves half a file."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------- evaluation figures

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltcls.engine import rundir
+from ltcls import io as ltcls_io
 from ltcls.engine.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
 
 Usage = namedtuple("Usage", "total used free")
@@ -74,14 +74,14 @@ def file_size_limit():
 
 def test_real_torch_write_failure_on_a_full_disk(previous, monkeypatch, file_size_limit):
     big = {"epoch": 2, "model": {"w": torch.zeros(1 << 18)}}  # 1 MiB
-    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
+    monkeypatch.setattr(ltcls_io.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
     with pytest.raises(CheckpointWriteError, match="^no space left on device while writing " + str(previous)):
         save_checkpoint(big, previous)
     _assert_previous_kept(previous)
 
 
 def test_real_torch_write_failure_with_free_space_is_not_called_disk_full(previous, monkeypatch, file_size_limit):
-    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 1 << 30, 9 << 30))
+    monkeypatch.setattr(ltcls_io.shutil, "disk_usage", lambda folder: Usage(10 << 30, 1 << 30, 9 << 30))
     with pytest.raises(RuntimeError, match="unexpected pos") as info:
         save_checkpoint({"epoch": 2, "model": {"w": torch.zeros(1 << 18)}}, previous)
     assert not isinstance(info.value, CheckpointError)

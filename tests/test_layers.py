@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).parents[1] / "ltcls"
 LAYERS: dict[str, int] = {
     "ltcls": 0,
     "ltcls.registry": 0,
+    "ltcls.io": 0,
     "ltcls.registries": 1,
     "ltcls.config": 2,
     "ltcls.metrics": 2,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ltcls import io as ltcls_io
 from ltcls.engine import rundir
 from ltcls.engine.rundir import (
     DiskFullError,
@@ -132,14 +133,14 @@ def test_atomic_write_errno_less_failure_is_disk_full_only_when_space_is_gone(tm
     path.write_bytes(b"old")
     torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 12 << 10))
+    monkeypatch.setattr(ltcls_io.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 12 << 10))
     with pytest.raises(DiskFullError, match="no space left on device while writing"):
         atomic_write(path, _partial_then(torch_error))
-    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 1 << 30, 9 << 30))
+    monkeypatch.setattr(ltcls_io.shutil, "disk_usage", lambda folder: Usage(10 << 30, 1 << 30, 9 << 30))
     with pytest.raises(RuntimeError, match="unexpected pos") as info:
         atomic_write(path, _partial_then(torch_error))
     assert not isinstance(info.value, DiskFullError)
-    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
+    monkeypatch.setattr(ltcls_io.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
     with pytest.raises(TypeError, match="cannot pickle"):  # not an I/O failure: never called disk full
         atomic_write(path, _partial_then(TypeError("cannot pickle 'generator' object")))
     with pytest.raises(KeyboardInterrupt):

@@ -20,12 +20,13 @@ from torch import nn
 
 from ltcls.config import Config
 from ltcls.data.base import DataSplits
-from ltcls.engine.checkpoint import load_checkpoint, save_checkpoint
+from ltcls.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ltcls.engine.features import file_digest
 from ltcls.engine.hooks import HookBase
 from ltcls.engine.stage import Stage
 from ltcls.engine.tasks import Task, build_task, seed_everything
 from ltcls.engine.trainer import CHECKPOINT, Trainer, default_hooks
+from ltcls.io import atomic_write_text
 from ltcls.registries import METHODS
 from ltcls.reporting import Reporter, write_json
 from ltcls.stage2.presets import finished_run_config
@@ -103,8 +104,9 @@ def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: b
     try:
         model.load_state_dict(load_checkpoint(ckpt_path)["model"])
     except RuntimeError as e:
-        raise RuntimeError(f"the stage-1 checkpoint {ckpt_path} does not fit the stage-1 model "
-                           f"(did the data's number of classes change?): {e}") from None
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"the stage-1 checkpoint {ckpt_path} does not fit the stage-1 model (did the data's "
+                              f"number of classes change?): {first}") from None
     all_hooks = [*default_hooks(cfg, reporter), *hooks]
     trainer = Trainer(model, data, cfg, work_dir, task, reporter, all_hooks)
     ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=stage1_dir, data=data, model=model, task=task,
@@ -123,8 +125,8 @@ def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: b
         if plan.stage.train is None:
             save_evaluated_model(trainer, report, work_dir / CHECKPOINT)
         title = plan.title or f"{stage1_dir} -> {ctx.method}"
-        (work_dir / "comparison.md").write_text(
-            f"# {title}\n\n{task.metric_title} on the {report['split']} split\n\n" + table)
+        atomic_write_text(work_dir / "comparison.md",
+                          f"# {title}\n\n{task.metric_title} on the {report['split']} split\n\n" + table)
         write_json(work_dir / "metrics.json", report)
     log.info("stage 1 vs stage 2 (%s):\n%s", ctx.method, table)
     return report, task
