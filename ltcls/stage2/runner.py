@@ -101,8 +101,9 @@ def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: b
     task = build_task(cfg)
     data = task.build_data(cfg)
     model = task.build_model(stage1_cfg, data)
+    state = load_checkpoint(ckpt_path)["model"]  # an unreadable file: its own CheckpointError
     try:
-        model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+        model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"the stage-1 checkpoint {ckpt_path} does not fit the stage-1 model (did the data's "
