@@ -20,9 +20,9 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ltcls import io as ltcls_io
 from ltcls.cli import train_main
 from ltcls.engine import checkpoint as checkpoint_mod
-from ltcls.engine import rundir
 from ltcls.engine.rundir import RunDirLock
 
 ROOT = Path(__file__).parents[1]
@@ -295,7 +295,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
         calls.append(f)
         if len(calls) == 2:  # the second checkpoint: a partial file, then torch's zip writer error
             Path(f).write_bytes(b"PK\x03\x04partial")
-            monkeypatch.setattr(rundir.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
+            monkeypatch.setattr(ltcls_io.shutil, "disk_usage", lambda folder: Usage(10 << 30, 10 << 30, 0))
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
         return real_save(obj, f, *args, **kwargs)
 
