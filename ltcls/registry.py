@@ -85,7 +85,8 @@ class Registry:
         if name not in self:
             close = difflib.get_close_matches(str(name), self.names(), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise KeyError(f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}s: {', '.join(self.names())}")
+            plural = self.kind + ("es" if self.kind.endswith("s") else "s")
+            raise KeyError(f"unknown {self.kind} '{name}'.{hint} Registered {plural}: {', '.join(self.names())}")
 
     def get(self, name: str) -> Callable[..., Any]:
         self._check(name)
