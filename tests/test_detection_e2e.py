@@ -64,6 +64,12 @@ def test_toy_config_trains_and_evaluates(tmp_path, toy, config):
     tags = scalars(run)
     for tag in ("det/AP", "det/APr", "det/APc", "det/bbox_AP", "train/loss", "train/epoch_loss"):
         assert tag in tags, (tag, sorted(tags))
+    # the detector's loss parts beside the total (RPN, box regression, mask, and the classification terms)
+    classification = ("train/loss_cls_classes", "train/loss_cls_objectness") if "seesaw" in config \
+        else ("train/loss_classifier",)
+    for tag in ("train/loss_objectness", "train/loss_rpn_box_reg", "train/loss_box_reg", "train/loss_mask",
+                *classification):
+        assert tag in tags, (tag, sorted(tags))
     assert (run / "checkpoint.pt").is_file() and (run / "config.yaml").is_file()
 
 
