@@ -79,7 +79,7 @@ Before training, the values, the device, the data (every split read, the evaluat
 the work directory are checked. WORK_DIR is locked for the life of the run. Ctrl-C / SIGTERM stop after the
 current step (train.checkpoint_on_signal=true also writes a checkpoint there) and print the --resume command.
 Exit status: 0 done; 2 a user error (one line; --debug or LTCLS_DEBUG=1 shows the traceback); 1 a run that
-failed cleanly (disk full, non-finite loss); 130 / 143 interrupted. See docs/troubleshooting.md.
+failed cleanly (disk full, non-finite loss); 130 / 143 interrupted. See the README's Troubleshooting.
 """
 
 TRAIN_EXAMPLES = """\
