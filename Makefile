@@ -33,6 +33,10 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_decode.py
 	$(BIN)/python benchmarks/bench_distributed.py
 	$(BIN)/python benchmarks/bench_heads.py
+	$(BIN)/python benchmarks/bench_cli.py
+	$(BIN)/python benchmarks/bench_feature_epoch.py
+	$(BIN)/python benchmarks/bench_decoupled_gumbel.py
+	$(BIN)/python benchmarks/bench_lvis_eval.py
 
 clean-venv:
 	rm -rf $(VENV)
