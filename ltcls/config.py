@@ -461,7 +461,8 @@ def resolve(file_cfg: Config | Mapping[str, Any] | None = None, overrides: Seque
         try:
             schema = section_schema(section, name)
         except KeyError as e:
-            raise ConfigError(f"{section}.name: {e.args[0]}") from None
+            raise ConfigError(f"{section}.name: {e.args[0]} (a plug-in's names, e.g. detection's 'lvis', are "
+                              "known once ltcls.plugins.load_plugins() has run, as every ltcls command does)") from None
         file_name = file_cfg.get(section, {}).get("name") if section not in FIXED_SECTIONS else None
         if "name" in from_set[section] and file_name not in (None, name):
             dropped = sorted(k for k in given if k not in schema and k not in from_set[section])

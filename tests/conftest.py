@@ -14,6 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ltcls.plugins import load_plugins
+
+load_plugins()  # as every ltcls command does: the plug-ins' names (lvis, detection, simcal) are known in every test
+
 # Python 3's pickle protocol 2 stores bytes as latin-1 text (1.5x the size, ~20x slower to write and read);
 # torchvision reads any protocol, so the fixture writes protocol 4.
 _PROTOCOL = 4
