@@ -358,15 +358,20 @@ def _start_interrupt(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def _prepare(args: argparse.Namespace, cfg: C.Config, work_dir: Path) -> tuple[object, object]:
-    """Every start-up check (see :mod:`ltcls.engine.preflight`); nothing is written. Returns the built stage-1
-    run (None for stage 2, whose runner builds its own) and the task."""
+    """Every start-up check (see :mod:`ltcls.engine.preflight`); nothing is written. Returns what the run then
+    uses, built once: the stage-1 run (data, model, loss), or for stage 2 the loaded stage-1 run; and the task."""
     from ltcls.engine import build_task  # lazy: see the module docstring
-    from ltcls.engine.preflight import check_device, check_run, check_stage2  # lazy: as above
+    from ltcls.engine.preflight import check_data, check_device, check_run, check_work_dir  # lazy: as above
+    from ltcls.stage2.runner import load_stage1  # lazy: as above
 
-    check_device(cfg.train.device)
     task = build_task(cfg)
-    run = check_stage2(cfg, task, work_dir) if args.stage2 else check_run(cfg, task, work_dir)
-    return run, task
+    if not args.stage2:
+        return check_run(cfg, task, work_dir), task
+    check_device(cfg.train.device)
+    check_work_dir(work_dir)
+    stage1 = load_stage1(cfg, task)  # the stage-1 checkpoint reads and fits its model
+    check_data(cfg, stage1.data)
+    return stage1, task
 
 
 def _run(args: argparse.Namespace, cfg: C.Config, work_dir: Path, run: object, task: object, main: bool) -> int:
@@ -398,7 +403,7 @@ def _run(args: argparse.Namespace, cfg: C.Config, work_dir: Path, run: object, t
     try:
         with GracefulInterrupt(), user_errors(failures, code=1):
             if args.stage2:
-                report, task = run_stage2(cfg, work_dir, reporter, resume=args.resume)
+                report, task = run_stage2(cfg, work_dir, reporter, resume=args.resume, stage1=run)
             else:
                 log.info("%s", task.describe_data(cfg, run.data))
                 trainer = Trainer(run.model, run.data, cfg, work_dir, task, reporter)

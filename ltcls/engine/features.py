@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from ltcls.data.base import LTDataset
 from ltcls.engine.distributed import info
+from ltcls.io import atomic_write
 
 log = logging.getLogger("ltcls")
 
@@ -98,8 +99,9 @@ def extract_features(predict_fn: Callable[[Dataset, str], tuple[torch.Tensor, to
     return torch.stack(out)
 
 
-def cached_features(path: Path | None, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Load features from ``path`` when its key matches, else compute (and store them if ``path``)."""
+def cached_features(path: Path | None, key: str | None, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Load features from ``path`` when its key matches, else compute (and store them if ``path``; ``key`` is
+    only needed with a ``path``)."""
     if path is not None and path.is_file():
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -112,7 +114,5 @@ def cached_features(path: Path | None, key: str, compute: Callable[[], torch.Ten
     features = compute()
     if path is not None and info().is_main:  # every process computed the same features; one writes
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"key": key, "features": features}, tmp)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: torch.save({"key": key, "features": features}, tmp))
     return features

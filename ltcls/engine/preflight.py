@@ -22,10 +22,8 @@ from PIL import Image
 
 from ltcls.config import Config, ConfigError
 from ltcls.data.base import DataSplits
-from ltcls.engine.checkpoint import load_checkpoint
 from ltcls.engine.rundir import RunDirError
 from ltcls.engine.tasks import Run, Task
-from ltcls.engine.trainer import CHECKPOINT
 
 log = logging.getLogger("ltcls")
 
@@ -109,18 +107,12 @@ def check_data(cfg: Config, data: DataSplits) -> None:
 
 
 def check_run(cfg: Config, task: Task, work_dir: Path) -> Run:
-    """Every start-up check of a stage-1 run; returns the built run (data, model, loss) for training to use."""
+    """Every start-up check of a stage-1 run; returns the built run (data, model, loss) for training to use.
+    (A stage 2's checks: the command loads the stage-1 run with ``ltcls.stage2.runner.load_stage1`` and runs
+    :func:`check_device`, :func:`check_work_dir` and :func:`check_data` on it.)"""
     check_device(cfg.train.device)
     check_work_dir(work_dir)
     run = task.build(cfg)
     check_data(cfg, run.data)
     return run
 
-
-def check_stage2(cfg: Config, task: Task, work_dir: Path) -> None:
-    """Every start-up check of a stage-2 run: the device, the run directory and the data (built here and again
-    by the stage-2 runner), and that the stage-1 checkpoint loads (:class:`CheckpointError` otherwise)."""
-    check_device(cfg.train.device)
-    check_work_dir(work_dir)
-    check_data(cfg, task.build_data(cfg))
-    load_checkpoint(Path(cfg.stage2.from_run) / CHECKPOINT)

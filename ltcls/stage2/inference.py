@@ -33,7 +33,6 @@ from ltcls.data.datasets.split_file import read_split_file
 from ltcls.data.transforms import build_transforms
 from ltcls.engine.checkpoint import load_checkpoint
 from ltcls.engine.evaluation import ClassificationEvaluator
-from ltcls.engine.features import file_digest
 from ltcls.engine.stage import Stage
 from ltcls.engine.tasks import Task, build_stage_loss, build_task, seed_everything
 from ltcls.engine.trainer import CHECKPOINT, Trainer, resolve_device
@@ -167,8 +166,7 @@ def load_run(run_dir: str | Path, with_data: bool = True, tau: float | None = No
         model.classifier = head if head is not None else model.classifier
     elif method is not None:  # a method that wraps the model (SimCal) builds it in its plan
         ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=stage1_dir, data=data, model=model, task=task,
-                            trainer=Trainer(model, data, cfg, run_dir, task, None, hooks=[]), reporter=None,
-                            checkpoint_digest=file_digest(stage1_dir / CHECKPOINT))
+                            trainer=Trainer(model, data, cfg, run_dir, task, None, hooks=[]), reporter=None)
         plan = METHODS.get(method)(ctx)
         model, task = plan.model or model, plan.task or task
     _load_weights(model, ckpt, run_dir / CHECKPOINT)

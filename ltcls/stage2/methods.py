@@ -81,9 +81,10 @@ class Decoupled:
             dataset = dataset.with_transform(data.test.transform)  # eval transforms
         if (split, views) not in self._features:
             seed = self.cfg.train.seed
-            key = cache_key(self.ctx.checkpoint_digest, self.cfg.data.to_dict(), split, dataset, views, seed)
-            cache_dir = self.ctx.stage1_dir / "feature_cache"
-            path = cache_dir / f"{split}_views{views}.pt" if self.use_cache() else None
+            path = key = None
+            if self.use_cache():  # the key reads the whole stage-1 checkpoint: only for a cache
+                key = cache_key(self.ctx.digest(), self.cfg.data.to_dict(), split, dataset, views, seed)
+                path = self.ctx.stage1_dir / "feature_cache" / f"{split}_views{views}.pt"
             trainer = self.ctx.trainer
 
             def compute() -> torch.Tensor:

@@ -48,11 +48,18 @@ class Stage2Context:
     task: Task
     trainer: Trainer
     reporter: Reporter | None
-    checkpoint_digest: str
+    #: The stage-1 checkpoint's digest (feature-cache keys); empty: computed on first use by :meth:`digest`.
+    checkpoint_digest: str = ""
 
     @property
     def method(self) -> str:
         return self.cfg.stage2.method
+
+    def digest(self) -> str:
+        """The stage-1 checkpoint's digest, read only when a feature cache needs it."""
+        if not self.checkpoint_digest:
+            self.checkpoint_digest = file_digest(self.stage1_dir / CHECKPOINT)
+        return self.checkpoint_digest
 
 
 @dataclass
@@ -89,16 +96,23 @@ def save_evaluated_model(trainer: Trainer, report: dict[str, Any], path: Path) -
     save_checkpoint(payload, path)
 
 
-def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: bool = False,
-               hooks: Sequence[HookBase] = ()) -> tuple[dict[str, Any], Task]:
-    """Run the stage-2 method ``cfg.stage2.method`` on the finished run ``cfg.stage2.from_run``; ``hooks`` run
-    after the default ones. Returns the final report and the task that evaluated it."""
+@dataclass
+class Stage1:
+    """A finished stage-1 run loaded for its second stage: its config, the stage-2 data and the stage-1 model
+    with the checkpoint's weights."""
+
+    cfg: Config
+    data: DataSplits
+    model: nn.Module
+
+
+def load_stage1(cfg: Config, task: Task) -> Stage1:
+    """Seed, build the data of the stage-2 config ``cfg`` and the model of the finished run ``cfg.stage2.from_run``,
+    and load its checkpoint (a :class:`CheckpointError` naming the file if it cannot be read or does not fit)."""
     stage1_dir = Path(cfg.stage2.from_run)
     stage1_cfg = finished_run_config(stage1_dir)
-    method = METHODS.get(cfg.stage2.method)
     ckpt_path = stage1_dir / CHECKPOINT
     seed_everything(cfg.train.seed)
-    task = build_task(cfg)
     data = task.build_data(cfg)
     model = task.build_model(stage1_cfg, data)
     state = load_checkpoint(ckpt_path)["model"]  # an unreadable file: its own CheckpointError
@@ -108,10 +122,23 @@ def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: b
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"the stage-1 checkpoint {ckpt_path} does not fit the stage-1 model (did the data's "
                               f"number of classes change?): {first}") from None
+    return Stage1(stage1_cfg, data, model)
+
+
+def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: bool = False,
+               hooks: Sequence[HookBase] = (), stage1: Stage1 | None = None) -> tuple[dict[str, Any], Task]:
+    """Run the stage-2 method ``cfg.stage2.method`` on the finished run ``cfg.stage2.from_run``; ``hooks`` run
+    after the default ones; ``stage1``: that run as :func:`load_stage1` loaded it already (the command's
+    start-up checks do), else it is loaded here. Returns the final report and the task that evaluated it."""
+    stage1_dir = Path(cfg.stage2.from_run)
+    method = METHODS.get(cfg.stage2.method)
+    task = build_task(cfg)
+    stage1 = stage1 if stage1 is not None else load_stage1(cfg, task)
+    stage1_cfg, data, model = stage1.cfg, stage1.data, stage1.model
     all_hooks = [*default_hooks(cfg, reporter), *hooks]
     trainer = Trainer(model, data, cfg, work_dir, task, reporter, all_hooks)
     ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=stage1_dir, data=data, model=model, task=task,
-                        trainer=trainer, reporter=reporter, checkpoint_digest=file_digest(ckpt_path))
+                        trainer=trainer, reporter=reporter)
     plan = method(ctx)
     if plan.model is not None or plan.task is not None:
         task = plan.task or task
