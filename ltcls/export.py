@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ltcls.losses.base import LTLoss
-from ltcls.models.dual_head import dual_head_select
+from ltcls.models.dual_head import dual_head_average, dual_head_select
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +59,36 @@ class LossScores(nn.Module):
 
 
 class DualHeadClassifier(nn.Module):
-    """SimCal's dual head as one module (:func:`ltcls.models.dual_head.dual_head_select`): the calibrated head's
-    scores for classes with at most ``threshold`` training samples, the original head's for the others.
+    """A stage-1 and a stage-2 head as one module: ``rule`` ``'sel'`` is SimCal's selection
+    (:func:`ltcls.models.dual_head.dual_head_select`: the calibrated head's scores for classes with at most
+    ``threshold`` training samples, the original head's for the others), ``'avg'`` score averaging
+    (:func:`ltcls.models.dual_head.dual_head_average` with ``weight`` on the calibrated head).
 
     ``original_scores`` / ``calibrated_scores`` turn each head's logits into the scores compared at inference
     (``LossScores(stage_loss)``; default softmax; ``nn.Identity()`` selects between raw logits).
     """
 
     def __init__(self, original: nn.Module, calibrated: nn.Module, class_counts: Sequence[int] | torch.Tensor,
-                 threshold: int, original_scores: nn.Module | None = None,
-                 calibrated_scores: nn.Module | None = None) -> None:
+                 threshold: int | None, original_scores: nn.Module | None = None,
+                 calibrated_scores: nn.Module | None = None, rule: str = "sel", weight: float = 0.5) -> None:
         super().__init__()
         self.original = original
         self.calibrated = calibrated
         self.original_scores = original_scores if original_scores is not None else nn.Softmax(dim=-1)
         self.calibrated_scores = calibrated_scores if calibrated_scores is not None else nn.Softmax(dim=-1)
         self.register_buffer("class_counts", torch.as_tensor(class_counts, dtype=torch.long).clone())
-        self.threshold = int(threshold)
+        if rule not in ("sel", "avg") or (rule == "sel" and threshold is None):
+            raise ValueError(f"dual-head rule must be 'sel' (with a threshold) or 'avg', got {rule!r} (threshold "
+                             f"{threshold})")
+        self.threshold = -1 if threshold is None else int(threshold)
+        self.rule, self.weight = rule, float(weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return dual_head_select(self.original_scores(self.original(features)),
-                                self.calibrated_scores(self.calibrated(features)), self.class_counts, self.threshold)
+        original = self.original_scores(self.original(features))
+        calibrated = self.calibrated_scores(self.calibrated(features))
+        if self.rule == "avg":
+            return dual_head_average(original, calibrated, self.weight)
+        return dual_head_select(original, calibrated, self.class_counts, self.threshold)
 
 
 def _size(input_size: int | Sequence[int]) -> tuple[int, int]:

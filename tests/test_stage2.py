@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from ltcls.cli import train_main
 from ltcls.engine.features import cached_features
@@ -185,3 +186,21 @@ def test_score_averaging_rule():
     assert dual_head_average(s1, s2).argmax(1).tolist() == [2, 2]  # row 0 follows head 2, row 1 head 1
     with pytest.raises(ValueError, match="weight"):
         dual_head_average(s1, s2, 1.5)
+
+
+def test_dual_head_module_follows_the_configured_rule():
+    """What ltcls-eval / -predict / -export use as a run's dual head is the rule its stage2.combine asks for."""
+    from ltcls.export import DualHeadClassifier
+    from ltcls.models.dual_head import dual_head_rule
+
+    assert [dual_head_rule("sel", 20), dual_head_rule("avg", None), dual_head_rule("avg", 20),
+            dual_head_rule("sel", None)] == ["sel", "avg", "avg", None]
+    torch.manual_seed(0)
+    a, b, x, counts = nn.Linear(4, 3), nn.Linear(4, 3), torch.randn(5, 4), [50, 10, 2]
+    s1, s2 = a(x).softmax(1), b(x).softmax(1)
+    avg = DualHeadClassifier(a, b, counts, None, rule="avg", weight=0.25)
+    sel = DualHeadClassifier(a, b, counts, 10)
+    assert torch.allclose(avg(x), dual_head_average(s1, s2, 0.25))
+    assert torch.allclose(sel(x), dual_head_select(s1, s2, torch.tensor(counts), 10))
+    with pytest.raises(ValueError, match="rule"):
+        DualHeadClassifier(a, b, counts, None, rule="sel")

@@ -34,3 +34,11 @@ def dual_head_average(scores_original: torch.Tensor, scores_calibrated: torch.Te
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"the averaging weight must be in [0, 1], got {weight}")
     return (1.0 - weight) * scores_original + weight * scores_calibrated
+
+
+def dual_head_rule(combine: str, threshold: int | None) -> str | None:
+    """The dual head a stage-2 config reports as its result: ``'sel'`` (``stage2.combine: sel`` with a threshold
+    T), ``'avg'`` (``combine: avg``, with or without T), ``None`` (no dual head asked for: ``sel`` without T)."""
+    if combine == "avg":
+        return "avg"
+    return "sel" if threshold is not None else None

@@ -43,6 +43,7 @@ from ltcls.metrics import GROUPS, accuracy_report, calibration_report, confusion
 from ltcls.models.backbone import LTModel
 from ltcls.models.classifiers import build_classifier
 from ltcls.models.decoupled import LWSClassifier, NCMClassifier, TauNormClassifier
+from ltcls.models.dual_head import dual_head_rule
 from ltcls.predict import Predictions, find_images, predict_topk
 from ltcls.registries import METHODS
 from ltcls.registry import signature_schema
@@ -175,9 +176,9 @@ def load_run(run_dir: str | Path, with_data: bool = True, tau: float | None = No
                     chosen_tau, data=data if with_data else None)
     if tau is not None:
         set_tau(run, tau)
-    threshold = cfg.stage2.dual_head_threshold
-    if method and threshold is not None and isinstance(model, LTModel):
-        run.dual_head = _dual_head(run, stage1_cfg, stage1_dir, data, threshold)
+    rule = dual_head_rule(cfg.stage2.combine, cfg.stage2.dual_head_threshold)
+    if method and rule is not None and isinstance(model, LTModel):
+        run.dual_head = _dual_head(run, stage1_cfg, stage1_dir, data, rule)
     return run
 
 
@@ -215,13 +216,15 @@ def set_tau(run: LoadedRun, tau: float) -> None:
     run.tau = float(tau)
 
 
-def _dual_head(run: LoadedRun, stage1_cfg: Config, stage1_dir: Path, data: Any, threshold: int) -> nn.Module:
-    """SimCal's dual head: the stage-1 head's scores for classes with more than ``threshold`` training images."""
+def _dual_head(run: LoadedRun, stage1_cfg: Config, stage1_dir: Path, data: Any, rule: str) -> nn.Module:
+    """The run's dual head as one module: SimCal's selection ('sel': the stage-1 head's scores for classes with
+    more than T training images) or score averaging ('avg'), as ``stage2.combine`` asks."""
     stage1 = run.task.build_model(stage1_cfg, data)
     _load_weights(stage1, load_checkpoint(stage1_dir / CHECKPOINT), stage1_dir / CHECKPOINT)
     stage1_loss = build_stage_loss(stage1_cfg, data)
-    head = DualHeadClassifier(stage1.classifier, run.model.classifier, run.class_counts, threshold,
-                              LossScores(stage1_loss), LossScores(run.loss))
+    s2 = run.cfg.stage2
+    head = DualHeadClassifier(stage1.classifier, run.model.classifier, run.class_counts, s2.dual_head_threshold,
+                              LossScores(stage1_loss), LossScores(run.loss), rule=rule, weight=s2.combine_weight)
     return LTModel(run.model.backbone, head).eval()
 
 
@@ -286,7 +289,9 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
             e = run.cfg.eval
             r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), run.class_counts, e.many_threshold,
                                 e.few_threshold)
-            report["dual_head"] = {"threshold": run.cfg.stage2.dual_head_threshold,
+            s2 = run.cfg.stage2
+            report["dual_head"] = {"threshold": s2.dual_head_threshold, "weight": s2.combine_weight,
+                                   "combine": dual_head_rule(s2.combine, s2.dual_head_threshold),
                                    "combined": {k: r[k] for k in ("overall", "mean_per_class", *GROUPS)}}
     write_json(out / "metrics.json", report)
     log.info("wrote %s", out / "metrics.json")
@@ -328,7 +333,9 @@ def summary_table(report: dict[str, Any], keys: Sequence[str]) -> str:
             lines.append(f"{key:<12} {'n/a' if value is None else f'{value:.4f}' if key == 'nll' else f'{value:.2f}'}")
     if "dual_head" in report:
         combined = report["dual_head"]["combined"]
-        lines.append(f"dual head (T = {report['dual_head']['threshold']}): " + "  ".join(
+        dual = report["dual_head"]
+        rule = f"sel, T = {dual['threshold']}" if dual.get("combine") == "sel" else f"avg, w = {dual.get('weight')}"
+        lines.append(f"dual head ({rule}): " + "  ".join(
             f"{k} {'n/a' if combined[k] is None else f'{combined[k]:.2f}'}" for k in ("overall", *GROUPS)))
     return "\n".join(lines)
 
@@ -356,6 +363,7 @@ def export_run(run: LoadedRun, out_path: str | Path | None = None) -> tuple[Path
     p = run.transform_params
     extra = {"method": run.method or "stage1", "tau": run.tau,
              "dual_head_threshold": run.cfg.stage2.dual_head_threshold if run.dual_head is not None else None,
+             "dual_head_rule": run.dual_head.classifier.rule if run.dual_head is not None else None,
              "outputs": "dual-head scores" if run.dual_head is not None else "logits"}
     out = Path(out_path) if out_path is not None else run.run_dir / "model.torchscript.pt"
     return export_torchscript(module, out, p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir, extra)

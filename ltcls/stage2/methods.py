@@ -31,7 +31,7 @@ from ltcls.losses.base import LTLoss
 from ltcls.metrics import GROUPS, accuracy_report
 from ltcls.models.classifiers import build_classifier
 from ltcls.models.decoupled import LWSClassifier, NCMClassifier, TauNormClassifier
-from ltcls.models.dual_head import dual_head_average, dual_head_select
+from ltcls.models.dual_head import dual_head_average, dual_head_rule, dual_head_select
 from ltcls.registries import METHODS
 from ltcls.reporting import tau_sweep_figure
 from ltcls.stage2.runner import Plan, Rows, Stage2Context
@@ -126,7 +126,7 @@ class Decoupled:
         report["feature_cache"] = self.use_cache()
         rows: Rows = [(f"stage 2 ({self.method})", report)]
         s2 = self.cfg.stage2
-        if s2.dual_head_threshold is None and s2.combine != "avg":
+        if dual_head_rule(s2.combine, s2.dual_head_threshold) is None:
             return rows
         dual = self.dual_head_report(self.stage.loss)
         report["dual_head"] = dual
@@ -158,7 +158,7 @@ class Decoupled:
             counts = torch.as_tensor(self.ctx.data.class_counts)
             models["sel"] = dual_head_select(s1, s2_scores, counts, s2.dual_head_threshold)
         out: dict[str, Any] = {"threshold": s2.dual_head_threshold, "weight": s2.combine_weight,
-                               "combine": s2.combine if s2.dual_head_threshold is not None else "avg"}
+                               "combine": dual_head_rule(s2.combine, s2.dual_head_threshold)}
         for name, scores in models.items():
             r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), self.ctx.data.class_counts,
                                 e.many_threshold, e.few_threshold)
