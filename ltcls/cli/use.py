@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 
 from ltcls.plugins import load_plugins
 
-#: Failures reported as one line (a missing file, a bad value, an unreadable checkpoint, an unknown name).
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError)
+#: Failures reported as one line (a missing file, a bad value, an unknown name); an unreadable or unfitting
+#: checkpoint too (``CheckpointError``, a RuntimeError: see :func:`run_command`). Other errors keep their traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
 
 
 def parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -46,7 +47,12 @@ def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
     setup_logging()
     try:
         return command(args)
-    except EXPECTED_ERRORS as e:
+    except (*EXPECTED_ERRORS, RuntimeError) as e:
+        if isinstance(e, RuntimeError):
+            from ltcls.engine.checkpoint import CheckpointError  # lazy: the command imported the engine already
+
+            if not isinstance(e, CheckpointError):
+                raise  # an internal error: its traceback
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         p.exit(2, f"{p.prog}: error: {' '.join(str(message).split())}\n")
     return 2  # not reached: p.exit raises SystemExit

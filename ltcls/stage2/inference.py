@@ -2,10 +2,11 @@
 with calibration and per-class reports, classify image files, export it as TorchScript.
 
 A run directory holds ``config.yaml``, ``checkpoint.pt`` and ``metrics.json``. The model is rebuilt the way
-the run built it: the stage-1 config's model, then (stage 2) the method's head (:data:`STAGE2_HEADS`), then
-the checkpoint's weights. A method without an entry there (SimCal) wraps the model in its plan; its plan is
-built (cheap: no data is read) and the checkpoint loaded into the plan's model. With
-``stage2.dual_head_threshold``, :attr:`LoadedRun.dual_head` is SimCal's dual head over the stage-1 and
+the run built it: the stage-1 config's model, then (stage 2) the method's head
+(:data:`ltcls.stage2.methods.INFERENCE_HEADS`), then the checkpoint's weights. A method without an entry there
+(SimCal) wraps the model in its plan; its plan is built (cheap: no data is read) and the checkpoint loaded into
+the plan's model. Where ``stage2.combine`` asks for a dual head (SimCal's 'sel' with
+``stage2.dual_head_threshold``, or 'avg'), :attr:`LoadedRun.dual_head` is that dual head over the stage-1 and
 stage-2 heads as one module (scores, not logits). Prediction and export need no data: the class names and
 count come from the checkpoint (``metrics.json`` for runs made before they were stored), the class counts
 from ``metrics.json``.
@@ -31,7 +32,7 @@ from ltcls.data.base import DataSplits
 from ltcls.data.build import TRANSFORM_KEYS
 from ltcls.data.datasets.split_file import read_split_file
 from ltcls.data.transforms import build_transforms
-from ltcls.engine.checkpoint import load_checkpoint
+from ltcls.engine.checkpoint import CheckpointError, load_checkpoint
 from ltcls.engine.evaluation import ClassificationEvaluator
 from ltcls.engine.stage import Stage
 from ltcls.engine.tasks import Task, build_stage_loss, build_task, seed_everything
@@ -41,8 +42,7 @@ from ltcls.losses.base import LTLoss
 from ltcls.losses.logit_adjusted import logit_adjust
 from ltcls.metrics import GROUPS, accuracy_report, calibration_report, confusion_matrix, per_class_table
 from ltcls.models.backbone import LTModel
-from ltcls.models.classifiers import build_classifier
-from ltcls.models.decoupled import LWSClassifier, NCMClassifier, TauNormClassifier
+from ltcls.models.decoupled import TauNormClassifier
 from ltcls.models.dual_head import dual_head_rule
 from ltcls.predict import Predictions, find_images, predict_topk
 from ltcls.registries import METHODS
@@ -54,22 +54,12 @@ from ltcls.reporting import (
     write_json,
     write_per_class_csv,
 )
+from ltcls.stage2.methods import INFERENCE_HEADS
 from ltcls.stage2.runner import Stage2Context
 
 log = logging.getLogger("ltcls")
 
 RUN_FILES = ("config.yaml", CHECKPOINT, "metrics.json")
-
-#: ``head(cfg, num_features, num_classes, tau)``: the head a decoupled stage-2 method leaves on the stage-1
-#: backbone (see :mod:`ltcls.stage2.methods`); ``None``: the stage-1 head's type (``gumbel`` trains it further).
-STAGE2_HEADS: dict[str, Callable[[Config, int, int, float], nn.Module | None]] = {
-    "crt": lambda cfg, dim, n, tau: build_classifier(cfg.classifier.name, dim, n, **cfg.classifier.params),
-    "lws": lambda cfg, dim, n, tau: LWSClassifier(dim, n),
-    "tau_norm": lambda cfg, dim, n, tau: TauNormClassifier(dim, n, tau),
-    "ncm": lambda cfg, dim, n, tau: NCMClassifier(dim, n),
-    "gumbel": lambda cfg, dim, n, tau: None,
-}
-
 
 @dataclass
 class LoadedRun:
@@ -161,8 +151,8 @@ def load_run(run_dir: str | Path, with_data: bool = True, tau: float | None = No
     chosen_tau = (ckpt.get("stage2") or {}).get("tau", metrics.get("tau"))
     if method is not None or model is None:
         model = task.build_model(stage1_cfg, data)
-    if method in STAGE2_HEADS:
-        head = STAGE2_HEADS[method](cfg, model.num_features, data.num_classes,
+    if method in INFERENCE_HEADS:
+        head = INFERENCE_HEADS[method](cfg, model.num_features, data.num_classes,
                                     1.0 if chosen_tau is None else float(chosen_tau))
         model.classifier = head if head is not None else model.classifier
     elif method is not None:  # a method that wraps the model (SimCal) builds it in its plan
@@ -198,8 +188,9 @@ def _load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise RuntimeError(f"the checkpoint {path} does not fit the model rebuilt from the run's config.yaml "
-                           f"(expected the same model, head and number of classes): {e}") from None
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"the checkpoint {path} does not fit the model rebuilt from the run's config.yaml "
+                              f"(expected the same model, head and number of classes): {first}") from None
 
 
 def set_tau(run: LoadedRun, tau: float) -> None:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ltcls.config import Config
 from ltcls.data.base import LTDataset
 from ltcls.engine.evaluation import classification_predictions
 from ltcls.engine.features import FeatureSet, cache_key, cached_features, extract_features
@@ -250,3 +252,15 @@ def tau_norm(ctx: Stage2Context) -> Plan:
         ctx.reporter.figure("tau_sweep", tau_sweep_figure(sweep, best["tau"], "mean_per_class", selected_on), 0)
     d.model.classifier = head
     return d.plan(d.eval_stage(loss))
+
+
+#: ``head(cfg, num_features, num_classes, tau)``: the (untrained) head each method above leaves on the stage-1
+#: backbone, built to load a finished run's checkpoint into (``ltcls.stage2.inference``); ``None``: the stage-1
+#: head's type (``gumbel`` trains it further). A new method adds its entry here, beside its definition.
+INFERENCE_HEADS: dict[str, Callable[[Config, int, int, float], nn.Module | None]] = {
+    "crt": lambda cfg, dim, n, tau: build_classifier(cfg.classifier.name, dim, n, **cfg.classifier.params),
+    "lws": lambda cfg, dim, n, tau: LWSClassifier(dim, n),
+    "tau_norm": lambda cfg, dim, n, tau: TauNormClassifier(dim, n, tau),
+    "ncm": lambda cfg, dim, n, tau: NCMClassifier(dim, n),
+    "gumbel": lambda cfg, dim, n, tau: None,
+}
