@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ltcls import config as C
+from ltcls.cli.use import LOG_FORMAT, setup_logging
 from ltcls.plugins import load_plugins
 from ltcls.registries import METHODS
 from ltcls.stage2.presets import describe_methods, finished_run_config, stage2_base_config
@@ -135,26 +136,10 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> None:
     parser.exit(2, f"ltcls-train: error: {message}\n")
 
 
-_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-
-
-def _setup_logging(main: bool) -> None:
-    """Console at INFO on the main process (warnings only on the other ranks); ``train.log`` is added once the
-    run directory is locked (:func:`_log_to_file`)."""
-    logger = logging.getLogger("ltcls")
-    logger.setLevel(logging.INFO if main else logging.WARNING)
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_FORMAT)
-    logger.addHandler(handler)
-    logger.propagate = False
-
-
 def _log_to_file(work_dir: Path) -> None:
+    """``train.log`` beside the console, added once the run directory is locked."""
     handler = logging.FileHandler(work_dir / "train.log")
-    handler.setFormatter(_FORMAT)
+    handler.setFormatter(LOG_FORMAT)
     logging.getLogger("ltcls").addHandler(handler)
 
 
@@ -308,7 +293,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     main = is_main_process()
-    _setup_logging(main)
+    setup_logging(logging.INFO if main else logging.WARNING)  # the other ranks: warnings only
     with user_errors(START_ERRORS):
         work_dir = run_dir_of(args, parser)
     cfg = None

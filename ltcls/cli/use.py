@@ -1,5 +1,5 @@
 """What ``ltcls-eval``, ``ltcls-predict`` and ``ltcls-export`` share: a RUN_DIR argument, logging to the
-console, plug-ins loaded, and every expected failure as one line ``PROG: error: MESSAGE`` with exit status 2.
+console (``ltcls-train`` uses the same), plug-ins loaded, and every expected failure as one line ``PROG: error: MESSAGE`` with exit status 2.
 Torch-free: the commands import the engine after parsing their arguments."""
 
 from __future__ import annotations
@@ -27,14 +27,20 @@ def parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentPa
     return p
 
 
-def setup_logging() -> None:
-    """INFO lines of ``ltcls`` on stderr (stdout is left to what the command prints)."""
+#: The format of every command's log lines (console and train.log).
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """``ltcls`` log lines from ``level`` up on stderr (stdout is left to what the command prints); replaces the
+    handlers of an earlier call."""
     logger = logging.getLogger("ltcls")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     for h in list(logger.handlers):
         logger.removeHandler(h)
+        h.close()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(LOG_FORMAT)
     logger.addHandler(handler)
     logger.propagate = False
 
