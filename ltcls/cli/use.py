@@ -1,6 +1,7 @@
 """What ``ltcls-eval``, ``ltcls-predict`` and ``ltcls-export`` share: a RUN_DIR argument, logging to the
 console (``ltcls-train`` uses the same), plug-ins loaded, and every expected failure as one line
-``PROG: error: MESSAGE`` with exit status 2. Torch-free: the commands import the engine after parsing their arguments."""
+``PROG: error: MESSAGE`` with exit status 2. Torch-free: the commands import the engine after parsing their
+arguments."""
 
 from __future__ import annotations
 
