@@ -12,7 +12,6 @@ import argparse
 import logging
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from ltcls.engine.tasks import ClassificationTask
 from ltcls.engine.trainer import Trainer
 from ltcls.losses.base import build_loss
 from ltcls.models.classifiers import build_classifier
+from ltcls.rundir import RunDir
 
 
 class PerSampleFeatureSet(FeatureSet):
@@ -55,7 +55,7 @@ def epoch_seconds(dataset: FeatureSet, dim: int, batch: int, counts: np.ndarray)
     head = build_classifier("linear", dim, len(counts))
     loss = build_loss("ce", num_classes=len(counts))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(head, data, cfg, Path(tmp), ClassificationTask(cfg), hooks=[EpochLogHook()])
+        trainer = Trainer(head, data, cfg, RunDir(tmp), ClassificationTask(cfg), hooks=[EpochLogHook()])
         stage = Stage("crt", loss, cfg.train, cfg.sampler, module=head, train_set=dataset)
         start = time.perf_counter()
         trainer.fit([stage])

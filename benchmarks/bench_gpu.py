@@ -25,7 +25,9 @@ from ltcls import config as C
 from ltcls.data.build import DataSplits
 from ltcls.data.tools.profiles import lt_counts
 from ltcls.engine import Stage, Trainer, build_model, build_task
+from ltcls.engine.loops import train_one_epoch
 from ltcls.losses.base import build_loss
+from ltcls.rundir import RunDir
 
 
 class SyntheticLT(Dataset):
@@ -107,19 +109,17 @@ def main() -> None:
     model = build_model(cfg, 1000)
     loss = build_loss("ce", num_classes=1000, class_counts=data.class_counts.tolist())
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, splits, cfg, tmp, build_task(cfg))
+        trainer = Trainer(model, splits, cfg, RunDir(tmp), build_task(cfg))
         stage = Stage("bench", loss, cfg.train, cfg.sampler)
-        sampler, loader2, optimizer, scheduler, scaler, amp, wrapped = trainer._setup(stage)
-        from ltcls.engine.loops import train_one_epoch
-
-        step_fn = trainer.task.train_step(loss, trainer.device, amp)
+        state = trainer._setup(0, stage)
+        step_fn = trainer._step_fn(stage, state)
         for epoch in range(2):  # the first epoch warms up cudnn and the allocator; the second is measured
-            sampler.set_epoch(epoch)
+            state.sampler.set_epoch(epoch)
             trainer._set_mode(stage)
-            stats = train_one_epoch(wrapped, loader2, step_fn, optimizer, scheduler, scaler=scaler,
-                                    log_interval=10**9)
+            stats = train_one_epoch(state.wrapped, state.loader, step_fn, state.optimizer, state.scheduler,
+                                    state.opts, log_interval=10**9)
     # images/s of a whole epoch, DataLoader worker start-up included (ltcls does not keep workers alive)
-    ltcls_ips = stats["images_per_s"]
+    ltcls_ips = stats.images_per_s
     from torch.utils.flop_counter import FlopCounterMode
 
     probe = build_model(cfg, 1000).cuda()

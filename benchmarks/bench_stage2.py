@@ -24,6 +24,7 @@ from pathlib import Path
 from ltcls import config as C
 from ltcls.cli import train_main
 from ltcls.engine.hooks import HookBase
+from ltcls.rundir import RunDir
 from ltcls.stage2.presets import stage2_base_config
 from ltcls.stage2.runner import run_stage2
 
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def timed_crt(stage1: Path, work_dir: Path, cache: bool, overrides: list[str]) -> tuple[float, float, dict]:
     """(total seconds, seconds of the 10 training epochs + final evaluation, report)."""
     stage1_cfg = C.load(stage1 / "config.yaml")
-    cfg = C.resolve(stage2_base_config(stage1_cfg, "crt", stage1),
+    cfg = C.resolve(stage2_base_config(stage1_cfg, "crt", RunDir(stage1)),
                     [f"stage2.cache_features={str(cache).lower()}", *overrides])
     work_dir.mkdir(parents=True)
     marks = {}
@@ -43,9 +44,9 @@ def timed_crt(stage1: Path, work_dir: Path, cache: bool, overrides: list[str]) -
         def before_stage(self, trainer, stage, state) -> None:
             marks.setdefault("train", time.perf_counter())
 
-    report, _ = run_stage2(cfg, work_dir, reporter=None, hooks=[MarkStart()])
+    report, _ = run_stage2(cfg, RunDir(work_dir), reporter=None, hooks=[MarkStart()])
     end = time.perf_counter()
-    return end - start, end - marks["train"], report
+    return end - start, end - marks["train"], report.to_json()
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from ltcls import config as C
 from ltcls.engine import Stage, Trainer, build_run, build_task, seed_everything
 from ltcls.engine.trainer import resolve_device
+from ltcls.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def time_trainer(cfg: C.Config) -> float:
     data, model, loss = build_run(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, data, cfg, tmp, build_task(cfg))
+        trainer = Trainer(model, data, cfg, RunDir(tmp), build_task(cfg))
         start = time.perf_counter()
         trainer.fit([Stage("stage1", loss, cfg.train, cfg.sampler)])
         return time.perf_counter() - start

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ltcls.registries import SECTIONS
+from ltcls.registries import CONFIG_SECTIONS, SECTIONS, task_of
 from ltcls.registry import Schema, signature_schema
 
 log = logging.getLogger("ltcls")
@@ -40,11 +40,17 @@ PARAM_RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "val_per_class": (0, None, "an integer >= 0")}
 
 
+#: One section's keys and values (a component's parameters), as yaml gives them.
+Params = dict[str, Any]
+#: A whole config as plain yaml values: section name -> key -> value.
+PlainConfig = dict[str, Params]
+
+
 class ConfigError(ValueError):
     """A config file or override does not fit the schema; the message names the key."""
 
 
-def _check_range(section: str, obj: Any, rules: Mapping[str, tuple[float | None, float | None, str]]) -> None:
+def check_range(section: str, obj: Any, rules: Mapping[str, tuple[float | None, float | None, str]]) -> None:
     """Raise ``ConfigError`` naming ``section.key`` when a value lies outside its range.
 
     ``rules`` maps a key to ``(low, high, what)``: ``low <= value`` and ``value < high`` (``None``: unbounded);
@@ -99,7 +105,7 @@ class TrainConfig:
     checkpoint_on_signal: bool = False
 
     def __post_init__(self) -> None:
-        _check_range("train", self, {
+        check_range("train", self, {
             "epochs": (1, None, "an integer >= 1"), "batch_size": (1, None, "an integer >= 1"),
             "lr": (0, None, "a learning rate >= 0"), "momentum": (0, 1, "a value in [0, 1)"),
             "weight_decay": (0, None, "a value >= 0"), "milestones": (1, None, "epochs >= 1"),
@@ -125,7 +131,7 @@ class EvalConfig:
     logit_adjust_tau: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_range("eval", self, {
+        check_range("eval", self, {
             "interval": (0, None, "an integer >= 0 (0: evaluate only at the end)"),
             "batch_size": (1, None, "an integer >= 1"), "many_threshold": (1, None, "an integer >= 1"),
             "few_threshold": (0, None, "an integer >= 0"), "logit_adjust_tau": (0, None, "a value >= 0")})
@@ -145,7 +151,7 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_range("model", self, {"drop_rate": (0, 1, "a probability in [0, 1)"),
+        check_range("model", self, {"drop_rate": (0, 1, "a probability in [0, 1)"),
                                      "drop_path_rate": (0, 1, "a probability in [0, 1) or null")})
 
 
@@ -176,45 +182,8 @@ class Stage2Config:
     combine_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_range("stage2", self, {"cache_views": (1, None, "an integer >= 1"),
+        check_range("stage2", self, {"cache_views": (1, None, "an integer >= 1"),
                                       "dual_head_threshold": (0, None, "an integer >= 0 or null")})
-
-
-@dataclass
-class DetectionConfig:
-    """``detection:`` Mask R-CNN settings, read only when ``data`` is a detection dataset (``lvis``).
-
-    ``min_size`` / ``max_size``: the detector's resize (one ``min_size`` drawn per training image, the
-    last one at test time, as torchvision's ``GeneralizedRCNNTransform``). Test-time post-processing:
-    ``score_thresh``, ``detections_per_img``, per-class NMS at ``nms_thresh`` (LVIS: 1e-4, 300; GOL
-    uses NMS 0.3); ``mask_threshold`` binarizes the mask probabilities. ``normalized_mask``: the mask
-    predictor's 1x1 logits conv normalized (Seesaw, Sec. 3.3), temperature ``mask_tau``. Head sizes
-    (torchvision's defaults; smaller for CPU toys): ``fpn_channels``, ``box_head_dim``,
-    ``mask_head_layers``, ``box_batch_size_per_image`` (RoIs sampled per image). ``trainable_backbone_layers``:
-    ``null`` is torchvision's rule (3 with pretrained weights, all 5 without).
-    """
-
-    min_size: list[int] = field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
-    max_size: int = 1333
-    score_thresh: float = 1e-4
-    detections_per_img: int = 300
-    nms_thresh: float = 0.5
-    mask_threshold: float = 0.5
-    normalized_mask: bool = False
-    mask_tau: float = 20.0
-    fpn_channels: int = 256
-    box_head_dim: int = 1024
-    mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
-    box_batch_size_per_image: int = 512
-    trainable_backbone_layers: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_range("detection", self, {
-            "min_size": (1, None, "sizes >= 1"), "max_size": (1, None, "an integer >= 1"),
-            "score_thresh": (0, 1, "a value in [0, 1)"), "detections_per_img": (1, None, "an integer >= 1"),
-            "nms_thresh": (0, 1.000001, "a value in [0, 1]"), "mask_threshold": (0, 1, "a value in [0, 1)"),
-            "mask_tau": (0, None, "a value > 0"), "box_batch_size_per_image": (1, None, "an integer >= 1"),
-            "trainable_backbone_layers": (0, 6, "an integer in 0..5 or null")})
 
 
 class Component:
@@ -238,7 +207,7 @@ class Component:
     def get(self, key: str, default: Any = None) -> Any:
         return self.params.get(key, default)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Params:
         return {"name": self.name, **copy.deepcopy(self.params)}
 
     def __eq__(self, other: object) -> bool:
@@ -247,10 +216,10 @@ class Component:
     def __repr__(self) -> str:
         return f"Component({self.name!r}, {self.params!r})"
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> Params:
         return {"name": self.name, "params": self.params}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __setstate__(self, state: Params) -> None:
         self.name, self.params = state["name"], state["params"]
 
 
@@ -266,40 +235,70 @@ class Config:
     train: TrainConfig
     eval: EvalConfig
     stage2: Stage2Config
-    detection: DetectionConfig
+    #: Sections a plug-in declares (``CONFIG_SECTIONS``; e.g. detection's ``detection``), by name.
+    plugin: dict[str, object] = field(default_factory=dict)
+
+    def __getattr__(self, key: str) -> object:
+        if key.startswith("__") or key == "plugin":
+            raise AttributeError(key)
+        try:
+            return self.plugin[key]
+        except KeyError:
+            raise AttributeError(f"the config has no section '{key}' (a plug-in's section exists only for the "
+                                 "datasets of its task)") from None
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Mapping[str, Any]]) -> Config:
         """From resolved plain sections (every key present; see :func:`resolve`)."""
-        out = {}
-        for section in SECTION_ORDER:
+        out: dict[str, object] = {}
+        for section in cfg:
             values = copy.deepcopy(dict(cfg[section]))
-            if section in FIXED_SECTIONS:
-                out[section] = FIXED_SECTIONS[section](**values)
-            else:
+            if section in SECTIONS:
                 name = values.pop("name")
                 out[section] = Component(name, values)
-        return cls(**out)
+            else:
+                out[section] = fixed_section(section)(**values)
+        core = {k: v for k, v in out.items() if k in SECTION_ORDER}
+        return cls(**core, plugin={k: v for k, v in out.items() if k not in SECTION_ORDER})
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
+    def to_dict(self) -> PlainConfig:
         """Plain dicts and lists, in section order (yaml, checkpoints)."""
         out = {}
-        for section in SECTION_ORDER:
+        for section in (*SECTION_ORDER, *self.plugin):
             value = getattr(self, section)
             out[section] = value.to_dict() if isinstance(value, Component) else copy.deepcopy(dataclasses.asdict(value))
         return out
 
 
 FIXED_SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-                                   "stage2": Stage2Config, "detection": DetectionConfig}
+                                   "stage2": Stage2Config}
 DEFAULT_NAMES: dict[str, str] = {"data": "digits_lt", "classifier": "linear", "loss": "ce", "sampler": "instance"}
-SECTION_ORDER = ("data", "model", "classifier", "loss", "sampler", "train", "eval", "stage2", "detection")
+SECTION_ORDER = ("data", "model", "classifier", "loss", "sampler", "train", "eval", "stage2")
+
+
+def fixed_section(section: str) -> type:
+    """The dataclass of a fixed section: a core one, or one a plug-in declared (``CONFIG_SECTIONS``)."""
+    return FIXED_SECTIONS[section] if section in FIXED_SECTIONS else CONFIG_SECTIONS.get(section)
+
+
+def all_sections() -> tuple[str, ...]:
+    """Every section a config may have: the core ones and the plug-ins' (those declared so far)."""
+    return (*SECTION_ORDER, *CONFIG_SECTIONS.names())
+
+
+def plugin_sections(data_name: str) -> list[str]:
+    """The plug-in sections a config of the dataset ``data_name`` has (those declared for its task)."""
+    try:
+        task = task_of(data_name)
+    except KeyError:
+        return []  # an unknown dataset: its error comes from data.name
+    return [s for s in CONFIG_SECTIONS.names() if CONFIG_SECTIONS.meta(s).get("task") == task]
 
 
 def section_schema(section: str, name: str | None = None) -> Schema:
     """The allowed keys of a section as ``{key: (type, default)}`` (a named section: its component's signature)."""
-    if section in FIXED_SECTIONS:
-        cls = FIXED_SECTIONS[section]
+    if section not in SECTIONS:
+        cls = fixed_section(section)
         hints = typing.get_type_hints(cls)
         return {f.name: (hints[f.name], _field_default(f)) for f in dataclasses.fields(cls)}
     return SECTIONS[section].schema(name)  # raises KeyError listing the choices
@@ -381,9 +380,9 @@ def _unknown(key: str, choices: Iterable[str], where: str) -> ConfigError:
     return ConfigError(f"unknown key '{key}' {where}.{hint} Valid keys: {', '.join(sorted(choices))}")
 
 
-def defaults() -> dict[str, dict[str, Any]]:
+def defaults() -> PlainConfig:
     """The built-in defaults: every fixed section fully, and the default component of each named one."""
-    cfg: dict[str, dict[str, Any]] = {}
+    cfg: PlainConfig = {}
     for section in SECTION_ORDER:
         name = DEFAULT_NAMES.get(section)
         cfg[section] = {k: d for k, (_, d) in section_schema(section, name).items()}
@@ -405,7 +404,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path) -> PlainConfig:
     """Read a yaml config file (``yaml.safe_load``); errors name the file."""
     path = Path(path)
     if not path.is_file():
@@ -429,21 +428,39 @@ def resolve(file_cfg: Config | Mapping[str, Any] | None = None, overrides: Seque
     that the chosen component accepts (set explicitly) remain; those are then checked. When ``--set``
     switches a section to another component (``--set data.name=split_file`` on a digits_lt yaml), the
     file's keys the new component does not accept are dropped with one logged line; keys given with
-    ``--set`` are always checked. Fixed sections are checked first: their errors need no import.
+    ``--set`` are always checked. Fixed sections are checked first: their errors need no import. A plug-in's
+    section (``detection``) belongs to the datasets of its task: set for another dataset it is an error
+    (a section holding only its defaults, as older runs wrote it, is dropped).
     """
     file_cfg = file_cfg.to_dict() if isinstance(file_cfg, Config) else dict(file_cfg or {})
+    explicit, from_set = _explicit(file_cfg, overrides, source)
+    data_name = explicit["data"].get("name", DEFAULT_NAMES["data"])
+    plugins = plugin_sections(data_name) if isinstance(data_name, str) else []
+    _refuse_foreign_sections(explicit, plugins, data_name, source)
+    fixed = [s for s in SECTION_ORDER if s in FIXED_SECTIONS] + plugins
+    cfg: PlainConfig = {}
+    for section in fixed + [s for s in SECTION_ORDER if s not in FIXED_SECTIONS]:
+        cfg[section] = _resolve_section(section, explicit[section], from_set[section],
+                                        file_cfg.get(section, {}), source)
+    return Config.from_dict({s: cfg[s] for s in (*SECTION_ORDER, *plugins)})
+
+
+def _explicit(file_cfg: Mapping[str, Any], overrides: Sequence[str], source: str
+              ) -> tuple[PlainConfig, dict[str, set[str]]]:
+    """The sections as the file and the ``--set`` overrides give them, and the keys each override set."""
+    known = all_sections()
     for section in file_cfg:
-        if section not in SECTION_ORDER:
-            raise _unknown(section, SECTION_ORDER, f"at the top level of {source}")
+        if section not in known:
+            raise _unknown(section, known, f"at the top level of {source}")
         if not isinstance(file_cfg[section], Mapping):
             raise ConfigError(f"{source}: section '{section}' must be a mapping, got {file_cfg[section]!r}")
-    explicit: dict[str, dict[str, Any]] = {s: dict(file_cfg.get(s, {})) for s in SECTION_ORDER}
-    from_set: dict[str, set[str]] = {s: set() for s in SECTION_ORDER}
+    explicit: PlainConfig = {s: dict(file_cfg.get(s, {})) for s in known}
+    from_set: dict[str, set[str]] = {s: set() for s in known}
     for item in overrides:
         parts, value = parse_override(item)
         section = parts[0]
-        if section not in SECTION_ORDER:
-            raise _unknown(section, SECTION_ORDER, "in --set (sections)")
+        if section not in known:
+            raise _unknown(section, known, "in --set (sections)")
         target = explicit[section]
         for p in parts[1:-1]:
             target = target.setdefault(p, {})
@@ -451,36 +468,53 @@ def resolve(file_cfg: Config | Mapping[str, Any] | None = None, overrides: Seque
                 raise ConfigError(f"--set {item}: '{p}' is not a mapping")
         target[parts[-1]] = value
         from_set[section].add(parts[1])
-    cfg: dict[str, dict[str, Any]] = {}
-    order = [s for s in SECTION_ORDER if s in FIXED_SECTIONS] + [s for s in SECTION_ORDER if s not in FIXED_SECTIONS]
-    for section in order:
+    return explicit, from_set
+
+
+def _refuse_foreign_sections(explicit: PlainConfig, plugins: Sequence[str], data_name: object, source: str) -> None:
+    """A plug-in section set for a dataset of another task is an error naming it (unless it holds only its
+    defaults, as configs written before plug-ins owned their sections did)."""
+    for section in CONFIG_SECTIONS.names():
         given = explicit[section]
-        name = given.get("name", DEFAULT_NAMES.get(section)) if section not in FIXED_SECTIONS else None
-        if section not in FIXED_SECTIONS and not isinstance(name, str):
-            raise ConfigError(f"{section}.name: expected a registered name (str), got {name!r}")
-        try:
-            schema = section_schema(section, name)
-        except KeyError as e:
-            raise ConfigError(f"{section}.name: {e.args[0]} (a plug-in's names, e.g. detection's 'lvis', are "
-                              "known once ltcls.plugins.load_plugins() has run, as every ltcls command does)") from None
-        file_name = file_cfg.get(section, {}).get("name") if section not in FIXED_SECTIONS else None
-        if "name" in from_set[section] and file_name not in (None, name):
-            dropped = sorted(k for k in given if k not in schema and k not in from_set[section])
-            if dropped:
-                log.warning("%s.name=%s (was %s in %s): dropped %s's parameters %s", section, name, file_name, source,
-                         file_name, ", ".join(dropped))
-                given = {k: v for k, v in given.items() if k not in dropped}
-        values = {k: _plain_default(d) for k, (_, d) in schema.items()}
-        for key, value in given.items():
-            if key not in schema:
-                where = f"in section '{section}'" + (f" ({section} '{name}' has no such parameter)" if name else "")
-                raise _unknown(f"{section}.{key}", schema, where)
-            values[key] = check_value(f"{section}.{key}", value, schema[key][0])
-        if section not in FIXED_SECTIONS:
-            _check_range(section, types.SimpleNamespace(**values),
-                         {k: r for k, r in PARAM_RANGES.items() if k in values})
-        cfg[section] = values
-    return Config.from_dict(cfg)
+        if section in plugins or not given:
+            continue
+        defaults = {k: _plain_default(d) for k, (_, d) in section_schema(section).items()}
+        changed = sorted(k for k, v in given.items() if defaults.get(k, object()) != v)
+        if changed:
+            task = CONFIG_SECTIONS.meta(section).get("task")
+            raise ConfigError(f"{source}: section '{section}' applies to {task} datasets only; data.name "
+                              f"'{data_name}' is not one, so {section}.{changed[0]} would be ignored (remove the "
+                              f"section)")
+
+
+def _resolve_section(section: str, given: Params, from_set: set[str], file_section: Mapping[str, Any],
+                     source: str) -> Params:
+    """One section's values: its schema's defaults, then what was given, checked against the schema."""
+    named = section in SECTIONS
+    name = given.get("name", DEFAULT_NAMES.get(section)) if named else None
+    if named and not isinstance(name, str):
+        raise ConfigError(f"{section}.name: expected a registered name (str), got {name!r}")
+    try:
+        schema = section_schema(section, name)
+    except KeyError as e:
+        raise ConfigError(f"{section}.name: {e.args[0]} (a plug-in's names, e.g. detection's 'lvis', are "
+                          "known once ltcls.plugins.load_plugins() has run, as every ltcls command does)") from None
+    file_name = file_section.get("name") if named else None
+    if "name" in from_set and file_name not in (None, name):
+        dropped = sorted(k for k in given if k not in schema and k not in from_set)
+        if dropped:
+            log.warning("%s.name=%s (was %s in %s): dropped %s's parameters %s", section, name, file_name, source,
+                        file_name, ", ".join(dropped))
+            given = {k: v for k, v in given.items() if k not in dropped}
+    values = {k: _plain_default(d) for k, (_, d) in schema.items()}
+    for key, value in given.items():
+        if key not in schema:
+            where = f"in section '{section}'" + (f" ({section} '{name}' has no such parameter)" if name else "")
+            raise _unknown(f"{section}.{key}", schema, where)
+        values[key] = check_value(f"{section}.{key}", value, schema[key][0])
+    if named:
+        check_range(section, types.SimpleNamespace(**values), {k: r for k, r in PARAM_RANGES.items() if k in values})
+    return values
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
@@ -488,14 +522,26 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     return resolve(load_yaml(path), overrides, source=str(path))
 
 
+def differences(a: Config, b: Config, name_a: str = "a", name_b: str = "b") -> str:
+    """The keys where two configs differ, ``key: A (name_a) vs B (name_b)``, joined by ``; ``."""
+    return "; ".join(f"{k}: {va!r} ({name_a}) vs {vb!r} ({name_b})" for k, va, vb in _diff(a.to_dict(), b.to_dict()))
+
+
+def _diff(a: Mapping[str, Any], b: Mapping[str, Any], path: str = "") -> list[tuple[str, Any, Any]]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += _diff(va, vb, f"{path}{k}.")
+        elif va != vb:
+            out.append((f"{path}{k}", va, vb))
+    return out
+
+
 def dump(cfg: Config | Mapping[str, Any]) -> str:
     """The resolved config as yaml, in section order (what is written to ``RUN_DIR/config.yaml``)."""
     plain = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    return yaml.safe_dump({k: dict(plain[k]) for k in SECTION_ORDER if k in plain}, sort_keys=False)
-
-
-def save(cfg: Config | Mapping[str, Any], path: str | Path) -> None:
-    Path(path).write_text(dump(cfg))
+    return yaml.safe_dump({k: dict(v) for k, v in plain.items()}, sort_keys=False)
 
 
 def describe(components: bool = False) -> str:
@@ -504,11 +550,12 @@ def describe(components: bool = False) -> str:
     Without ``components`` only names are listed (nothing is imported: ``--help`` stays fast); with it,
     every component's parameters too (imports the implementations)."""
     lines = ["config sections (yaml paths; --set uses the same dotted paths):"]
-    for section in SECTION_ORDER:
-        if section in FIXED_SECTIONS:
+    for section in all_sections():
+        if section not in SECTIONS:
             schema = section_schema(section)
             keys = ", ".join(f"{k}={d!r}" for k, (_, d) in schema.items())
-            lines.append(f"  {section}: {keys}")
+            task = CONFIG_SECTIONS.meta(section).get("task") if section in CONFIG_SECTIONS else None
+            lines.append(f"  {section}{f' ({task} datasets only)' if task else ''}: {keys}")
             continue
         registry = SECTIONS[section]
         lines.append(f"  {section}.name: one of {', '.join(registry.names())} (default {DEFAULT_NAMES[section]!r})")

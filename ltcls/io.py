@@ -23,6 +23,11 @@ class DiskFullError(OSError):
         self.errno = errno.ENOSPC
 
 
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary file of :func:`atomic_write` (left behind only by a killed process)."""
+    return Path(path).name.endswith(TMP_SUFFIX)
+
+
 def tmp_path_of(path: str | os.PathLike) -> Path:
     """The temporary file :func:`atomic_write` writes before renaming: ``NAME.tmp`` next to ``path``."""
     path = Path(path)

@@ -15,7 +15,10 @@ import numpy as np
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import precision_recall_fscore_support
 
-GROUPS = ("many", "medium", "few")
+from ltcls.results import GROUPS, Accuracy
+
+__all__ = ["GROUPS", "Accuracy", "accuracy_report", "calibration_report", "confusion_matrix", "per_class_table",
+           "shot_groups"]
 
 
 def shot_groups(class_counts: Sequence[int], many_threshold: int = 100, few_threshold: int = 20) -> np.ndarray:
@@ -41,8 +44,8 @@ def _mean(x: np.ndarray) -> float | None:
 
 
 def accuracy_report(preds: np.ndarray, labels: np.ndarray, class_counts: Sequence[int], many_threshold: int = 100,
-                    few_threshold: int = 20) -> dict:
-    """Overall / many / medium / few top-1 (percent), per-class accuracy and the group of every class.
+                    few_threshold: int = 20) -> Accuracy:
+    """Overall / many / medium / few top-1 (percent), per-class accuracy and the size of every group.
 
     ``mean_per_class`` is the class-balanced accuracy (equal to ``overall`` on a balanced split). A
     group with no class (or no tested class) reports ``None``.
@@ -50,15 +53,13 @@ def accuracy_report(preds: np.ndarray, labels: np.ndarray, class_counts: Sequenc
     counts = np.asarray(class_counts)
     per_class = per_class_accuracy(preds, labels, len(counts))
     groups = shot_groups(counts, many_threshold, few_threshold)
-    report = {"overall": float(100.0 * np.mean(np.asarray(preds) == np.asarray(labels))) if len(labels) else None,
-              "mean_per_class": _mean(per_class)}
-    for g in GROUPS:
-        report[g] = _mean(per_class[groups == g])
-    report["group_sizes"] = {g: int((groups == g).sum()) for g in GROUPS}
-    report["thresholds"] = {"many": f">{many_threshold}", "few": f"<{few_threshold}"}
-    report["per_class"] = [None if np.isnan(a) else float(a) for a in per_class]
-    report["class_counts"] = [int(c) for c in counts]
-    return report
+    overall = float(100.0 * np.mean(np.asarray(preds) == np.asarray(labels))) if len(labels) else None
+    means = {g: _mean(per_class[groups == g]) for g in GROUPS}
+    return Accuracy(overall=overall, mean_per_class=_mean(per_class), many=means["many"], medium=means["medium"],
+                    few=means["few"], per_class=tuple(None if np.isnan(a) else float(a) for a in per_class),
+                    class_counts=tuple(int(c) for c in counts),
+                    group_sizes={g: int((groups == g).sum()) for g in GROUPS},
+                    thresholds={"many": f">{many_threshold}", "few": f"<{few_threshold}"})
 
 
 # ----------------------------------------------------------------------------------------- calibration

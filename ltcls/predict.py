@@ -10,15 +10,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from ltcls.data.base import SplitBase
 from ltcls.data.datasets.image_folder import image_extensions
 from ltcls.data.datasets.split_file import open_rgb, transform_min_size
+from ltcls.results import Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +41,21 @@ def find_images(paths: Sequence[str | Path]) -> list[str]:
     return found
 
 
-class ImageFiles(Dataset):
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None,
+                                                                                  list[tuple[int, str]]]:
+    good = [(i, x) for i, x, err in items if err is None]
+    bad = [(i, err) for i, _, err in items if err is not None]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, bad
+
+
+class ImageFiles(SplitBase):
     """Image files through ``transform``; an item is ``(index, tensor, None)``, or ``(index, None, error)``
     for a file PIL cannot open or decode (so the caller can report and skip it). JPEGs are decoded at the
-    reduced size the transform allows (:func:`ltcls.data.split_file.open_rgb`)."""
+    reduced size the transform allows (:func:`ltcls.data.split_file.open_rgb`). Batches are
+    ``(indices, images or None, [(index, error), ...])`` (:attr:`collate_fn`)."""
+
+    collate_fn = staticmethod(_collate)
 
     def __init__(self, paths: Sequence[str], transform: Callable) -> None:
         self.paths = list(paths)
@@ -63,12 +73,12 @@ class ImageFiles(Dataset):
         return index, self.transform(image), None
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None,
-                                                                                  list[tuple[int, str]]]:
-    good = [(i, x) for i, x, err in items if err is None]
-    bad = [(i, err) for i, _, err in items if err is not None]
-    images = torch.stack([x for _, x in good]) if good else None
-    return [i for i, _ in good], images, bad
+class PredictionRow(TypedDict):
+    """One readable image: its path, its top-k class names and their probabilities (decreasing)."""
+
+    path: str
+    classes: list[str]
+    probs: list[float]
 
 
 @dataclass
@@ -77,47 +87,48 @@ class Predictions:
     could not be read (``path``, ``error``)."""
 
     topk: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[PredictionRow] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)
 
 
-@torch.no_grad()
-def predict_topk(model: nn.Module, paths: Sequence[str], transform: Callable, class_names: Sequence[str],
-                 topk: int = 5, batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0,
-                 scores: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Predictions:
-    """The ``topk`` classes (names) and probabilities of every image in ``paths``, in the order given.
+class TopK:
+    """Collects the ``topk`` classes and probabilities of each batch of :class:`ImageFiles` (an evaluator for
+    the inference runner: ``reset`` / ``process`` / ``evaluate``); the result is :attr:`result`.
 
     ``scores`` turns logits into probabilities (default softmax; a run's loss's ``scores``, e.g. Gumbel).
-    ``topk`` larger than the number of classes is cut to it. Unreadable files are logged, skipped and listed
-    in ``Predictions.unreadable``. A tqdm bar shows progress.
-    """
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    k = min(topk, len(class_names))
-    scores = scores if scores is not None else (lambda logits: logits.softmax(dim=-1))
-    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate)
-    was_training = model.training
-    model.eval()
-    out = Predictions(topk=k)
-    for indices, images, bad in tqdm(loader, desc="predict", unit="batch", dynamic_ncols=True, mininterval=1.0):
+    ``topk`` larger than the number of classes is cut to it. Unreadable files are logged and listed."""
+
+    def __init__(self, paths: Sequence[str], class_names: Sequence[str], topk: int = 5,
+                 scores: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        self.paths, self.class_names = list(paths), list(class_names)
+        self.k = min(topk, len(class_names))
+        self.scores = scores if scores is not None else (lambda logits: logits.softmax(dim=-1))
+        self.reset()
+
+    def reset(self) -> None:
+        self.result = Predictions(topk=self.k)
+
+    def process(self, batch: tuple[list[int], torch.Tensor | None, list[tuple[int, str]]],
+                logits: torch.Tensor | None) -> None:
+        indices, _, bad = batch
         for i, err in bad:
-            logger.warning("skipping unreadable image '%s': %s", paths[i], err)
-            out.unreadable.append({"path": str(paths[i]), "error": err})
-        if images is None:
-            continue
-        probs = scores(model(images.to(device)).float())
-        if probs.shape[1] != len(class_names):
-            raise ValueError(f"the model gives {probs.shape[1]} scores per image but {len(class_names)} class names "
-                             "were given")
-        top_p, top_c = probs.topk(k, dim=1)
+            logger.warning("skipping unreadable image '%s': %s", self.paths[i], err)
+            self.result.unreadable.append({"path": str(self.paths[i]), "error": err})
+        if logits is None:
+            return
+        probs = self.scores(logits.float())
+        if probs.shape[1] != len(self.class_names):
+            raise ValueError(f"the model gives {probs.shape[1]} scores per image but {len(self.class_names)} class "
+                             "names were given")
+        top_p, top_c = probs.topk(self.k, dim=1)
         for i, p, c in zip(indices, top_p.cpu().tolist(), top_c.cpu().tolist()):
-            out.rows.append({"path": str(paths[i]), "classes": [str(class_names[j]) for j in c], "probs": p})
-    model.train(was_training)
-    logger.info("predicted %d images, %d unreadable", len(out.rows), len(out.unreadable))
-    return out
+            self.result.rows.append({"path": str(self.paths[i]), "classes": [self.class_names[j] for j in c],
+                                     "probs": p})
+
+    def evaluate(self) -> Evaluation:
+        return Evaluation()
 
 
 def write_predictions_csv(path: str | Path, predictions: Predictions) -> None:

@@ -24,10 +24,14 @@ LOSSES = Registry("loss", runtime=("num_classes", "class_counts"))
 #: Tasks: how the shared Trainer builds, trains and evaluates a run of a kind of dataset.
 TASKS = Registry("task")
 #: Decoupled second stages (``ltcls-train --stage2 METHOD``). Metadata: ``task`` (the kind of stage-1 run
-#: it applies to), ``preset`` (config overrides applied to the stage-1 config before ``--set``: sections
-#: replaced whole, except ``train`` / ``stage2`` / ``detection``, which are updated key by key),
+#: it applies to), ``preset`` (config overrides applied to the stage-1 config before ``--set``: a section that
+#: picks a component by name (``loss``, ``sampler``, ...) is replaced whole, the others are updated key by key),
 #: ``summary`` (one line for ``--help``).
 METHODS = Registry("stage-2 method")
+
+#: Config sections a plug-in adds (a dataclass each, like ``train:``). Metadata ``task``: the task whose datasets
+#: have the section (a config of another task's dataset must not set it).
+CONFIG_SECTIONS = Registry("config section")
 
 #: The registry behind each config section that picks an implementation by ``name``.
 SECTIONS: dict[str, Registry] = {"data": DATASETS, "classifier": CLASSIFIERS, "loss": LOSSES, "sampler": SAMPLERS}

@@ -45,7 +45,7 @@ class Registry:
         self._common = common
         self._items: dict[str, Callable[..., Any]] = {}
         self._modules: dict[str, str] = {}
-        self._meta: dict[str, dict[str, Any]] = {}
+        self._meta: dict[str, dict[str, object]] = {}
 
     # ------------------------------------------------------------------------------ declaring
     def declare(self, name: str, module: str, **meta: Any) -> None:
@@ -76,7 +76,7 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(set(self._modules) | set(self._items))
 
-    def meta(self, name: str) -> dict[str, Any]:
+    def meta(self, name: str) -> dict[str, object]:
         """The declaration's metadata (no import)."""
         self._check(name)
         return self._meta.get(name, {})
@@ -112,7 +112,8 @@ class Registry:
         out: Schema = {"name": (str, name)}
         common = self.common()
         if common is not None:
-            out.update(signature_schema(common))
+            keys = self.meta(name).get("common_keys")  # the common parameters this one uses (default: all)
+            out.update({k: v for k, v in signature_schema(common).items() if keys is None or k in keys})
         out.update(signature_schema(self.get(name), skip=self.runtime))
         return out
 
@@ -153,7 +154,7 @@ def _keyword_params(obj: Callable[..., Any], skip: Iterable[str] = ()) -> dict[s
     return out
 
 
-def _hints(obj: Callable[..., Any]) -> dict[str, Any]:
+def _hints(obj: Callable[..., Any]) -> dict[str, object]:
     target = obj.__init__ if inspect.isclass(obj) else obj
     try:
         return typing.get_type_hints(target)
@@ -168,6 +169,6 @@ def signature_schema(obj: Callable[..., Any], skip: Iterable[str] = ()) -> Schem
             for name, p in _keyword_params(obj, skip).items()}
 
 
-def params_of(section: Mapping[str, Any]) -> dict[str, Any]:
+def params_of(section: Mapping[str, Any]) -> dict[str, object]:
     """A named config section's hyper-parameters: everything but its ``name``."""
     return {k: v for k, v in section.items() if k != "name"}

@@ -19,6 +19,8 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from ltcls.io import atomic_write_text  # noqa: E402
 from ltcls.metrics import GROUPS, shot_groups  # noqa: E402
+from ltcls.results import EvalReport  # noqa: E402
+from ltcls.rundir import RunDir  # noqa: E402
 
 _GROUP_COLORS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
 
@@ -87,12 +89,12 @@ class Reporter:
     run sit side by side in TensorBoard. Only the main process should build one.
     """
 
-    def __init__(self, work_dir: str | Path, prefix: str = "", purge_step: int | None = None) -> None:
+    def __init__(self, run_dir: RunDir, prefix: str = "", purge_step: int | None = None) -> None:
         """``purge_step`` (on ``--resume``: the checkpoint's step + 1): TensorBoard drops the points an earlier
         writer logged at that step or later, so the epochs a resumed run repeats are not drawn twice."""
-        self.work_dir = Path(work_dir)
+        self.work_dir = run_dir.path
         self.prefix = prefix
-        self.writer = SummaryWriter(log_dir=str(self.work_dir / "tb"), purge_step=purge_step)
+        self.writer = SummaryWriter(log_dir=str(run_dir.tensorboard_dir), purge_step=purge_step)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(self.prefix + tag, value, step)
@@ -100,17 +102,20 @@ class Reporter:
     def config(self, text: str) -> None:
         self.writer.add_text(self.prefix + "config", "```yaml\n" + text + "\n```", 0)
 
-    def evaluation(self, report: Mapping[str, Any], step: int, classifier: nn.Module | None = None,
-                   many_threshold: int = 100, few_threshold: int = 20, tag: str = "acc",
-                   class_names: Sequence[str] | None = None) -> None:
+    def evaluation(self, report: EvalReport, step: int, classifier: nn.Module | None = None,
+                   many_threshold: int = 100, few_threshold: int = 20, tag: str = "acc") -> None:
         """Scalars ``acc/overall|many|medium|few`` and the per-class accuracy / weight-norm figures (classes
-        named on the x axis with ``class_names`` where there are at most :data:`MAX_NAMED_CLASSES`)."""
+        named on the x axis by the report's class names where there are at most :data:`MAX_NAMED_CLASSES`)."""
+        acc = report.accuracy
+        if acc is None:
+            return
         for key in ("overall", *GROUPS):
-            if report.get(key) is not None:
-                self.scalar(f"{tag}/{key}", report[key], step)
-        counts = np.asarray(report["class_counts"])
-        per_class = np.array([np.nan if a is None else a for a in report["per_class"]], dtype=float)
-        fig = per_class_figure(per_class, counts, "top-1 accuracy (%)", f"per-class accuracy ({report.get('split')})",
+            if report.metric(key) is not None:
+                self.scalar(f"{tag}/{key}", report.metric(key), step)
+        counts = np.asarray(acc.class_counts)
+        class_names = report.class_names or None
+        per_class = np.array([np.nan if a is None else a for a in acc.per_class], dtype=float)
+        fig = per_class_figure(per_class, counts, "top-1 accuracy (%)", f"per-class accuracy ({report.split})",
                                many_threshold, few_threshold, class_names)
         self.figure(f"{tag}/per_class_accuracy", fig, step)
         norms = classifier_weight_norms(classifier) if classifier is not None else None

@@ -22,7 +22,7 @@ from ltcls.cli import eval as eval_cli
 from ltcls.cli import export as export_cli
 from ltcls.cli import predict as predict_cli
 from ltcls.cli import train_main
-from ltcls.engine.checkpoint import load_checkpoint
+from ltcls.engine.checkpoint import Checkpoint
 from ltcls.stage2.inference import load_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -94,8 +94,8 @@ def test_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_eval_reproduces_the_runs_metrics(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    ckpt = load_checkpoint(digits_run / "checkpoint.pt")
-    assert ckpt["class_names"] == DIGITS and ckpt["num_classes"] == 10
+    ckpt = Checkpoint.load(digits_run / "checkpoint.pt")
+    assert ckpt.class_names == DIGITS and ckpt.num_classes == 10
     trained = json.loads((digits_run / "metrics.json").read_text())
     assert trained["class_names"] == DIGITS
 
@@ -176,8 +176,8 @@ def test_tau_norm_stage2_with_dual_head(digits_run: Path, tmp_path: Path) -> Non
     assert train_main(["--stage2", "tau_norm", "--from", str(digits_run), "--work-dir", str(stage2),
                        "--set", "stage2.dual_head_threshold=20", "stage2.cache_features=false"]) == 0
     trained = json.loads((stage2 / "metrics.json").read_text())
-    ckpt = load_checkpoint(stage2 / "checkpoint.pt")
-    assert ckpt["stage2"] == {"method": "tau_norm", "tau": trained["tau"]} and ckpt["class_names"] == DIGITS
+    ckpt = Checkpoint.load(stage2 / "checkpoint.pt")
+    assert (ckpt.method, ckpt.tau, ckpt.training) == ("tau_norm", trained["tau"], None) and ckpt.class_names == DIGITS
 
     assert eval_cli.main([str(stage2), "--out", str(tmp_path / "eval")]) == 0
     got = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ltcls import config as C
 from ltcls.engine import Stage, Trainer, build_run, build_task
+from ltcls.rundir import RunDir
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -49,7 +50,7 @@ def test_imagenet_lt_seesaw_config_reaches_its_first_step(tmp_path):
     assert cfg.model.name == "resnext50_32x4d" and cfg.loss.q == 1.0
     data, model, loss = build_run(cfg)
     assert data.num_classes == 3 and data.class_counts.tolist() == [6, 3, 2]
-    trainer = Trainer(model, data, cfg, tmp_path / "run", task=build_task(cfg))
+    trainer = Trainer(model, data, cfg, RunDir(tmp_path / "run"), task=build_task(cfg))
     stage = Stage("stage1", loss, cfg.train, cfg.sampler)
     state = trainer._setup(0, stage)
     images, labels = next(iter(state.loader))

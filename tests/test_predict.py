@@ -11,10 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from ltcls import config as C
 from ltcls.data.transforms import build_transforms
+from ltcls.engine.inference import InferenceRunner
+from ltcls.engine.tasks import ClassificationTask
 from ltcls.models.backbone import LTModel, create_backbone
 from ltcls.models.classifiers import build_classifier
-from ltcls.predict import find_images, predict_topk, write_predictions_csv, write_predictions_json
+from ltcls.predict import find_images, write_predictions_csv, write_predictions_json
+from ltcls.stage2.inference import predict_images
 
 NAMES = ["ant", "bee", "cat", "dog"]
 
@@ -35,6 +39,13 @@ def _folder(root: Path) -> list[Path]:
 def model() -> LTModel:
     torch.manual_seed(0)
     return LTModel(create_backbone("cifar_resnet8"), build_classifier("linear", 64, len(NAMES))).eval()
+
+
+def predict_topk(model, paths, transform, names, topk=5, batch_size=64):
+    """Top-k predictions through the one inference runner, on CPU with no loader workers."""
+    cfg = C.resolve({"train": {"device": "cpu", "num_workers": 0}, "eval": {"batch_size": batch_size}})
+    runner = InferenceRunner.for_config(cfg, ClassificationTask(cfg))
+    return predict_images(runner, model, paths, transform, names, topk)
 
 
 def test_find_images(tmp_path: Path) -> None:

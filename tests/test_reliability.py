@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ltcls import io as ltcls_io
 from ltcls.cli import train_main
 from ltcls.engine import checkpoint as checkpoint_mod
-from ltcls.engine.rundir import RunDirLock
+from ltcls.rundir import RunDirLock
 
 ROOT = Path(__file__).parents[1]
 # The tiny digits recipe of tests/test_train_e2e.py: ResNet-8 on 16x16 digits, 12 steps an epoch.

@@ -16,24 +16,13 @@ from pathlib import Path
 import pytest
 
 from ltcls import io as ltcls_io
-from ltcls.engine import rundir
-from ltcls.engine.rundir import (
-    DiskFullError,
-    RunDirBusy,
-    RunDirError,
-    RunDirLock,
-    atomic_write,
-    atomic_write_text,
-    remove_stale_temps,
-)
+from ltcls.io import DiskFullError, atomic_write, atomic_write_text
+from ltcls.rundir import NotFinishedError, RunDir, RunDirBusy, RunDirError, RunDirLock
 
-# rundir.py needs only the standard library: the holder loads it by file path, not through ltcls.engine (whose
-# __init__ imports torch, ~10 s on a busy 2-core machine).
+# ltcls.rundir is torch-free: the holder imports it in a fraction of a second.
 HOLDER = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("rundir", sys.argv[2])
-rundir = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(rundir)
+import sys
+from ltcls import rundir
 with rundir.RunDirLock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()  # hold until the test closes stdin (or kills this process)
@@ -43,7 +32,7 @@ print("released", flush=True)
 
 def _holder(run_dir: Path) -> subprocess.Popen:
     """A second process that takes the lock on ``run_dir`` and holds it until its stdin is closed."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), rundir.__file__], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line == "locked\n", proc.stderr.read()
@@ -152,10 +141,39 @@ def test_remove_stale_temps_logs_each(tmp_path, caplog):
     (tmp_path / "stage2").mkdir()
     for name in ("checkpoint.pt.tmp", "config.yaml.tmp", "stage2/checkpoint.pt.tmp", "checkpoint.pt", "train.log"):
         (tmp_path / name).write_text("x")
-    with caplog.at_level(logging.WARNING, logger="ltcls.engine.rundir"):
-        removed = remove_stale_temps(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ltcls"):
+        removed = RunDir(tmp_path).remove_stale_temps()
     expected = [tmp_path / n for n in ("checkpoint.pt.tmp", "config.yaml.tmp", "stage2/checkpoint.pt.tmp")]
     assert removed == expected
     assert caplog.messages == [f"removed {p}, left by an interrupted write" for p in expected]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "stage2", "train.log"]
     assert os.listdir(tmp_path / "stage2") == []
+
+
+def test_run_dir_names_its_files_and_knows_a_finished_run(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    with pytest.raises(NotFinishedError, match=f"no run directory '{rd.path}'"):
+        rd.require_finished()
+    rd.path.mkdir()
+    assert not rd.holds_run() and not rd.is_finished()
+    rd.config_path.write_text("data: {}\n")
+    rd.checkpoint_path.write_bytes(b"x")
+    assert rd.holds_run() and rd.missing() == "metrics.json"
+    with pytest.raises(NotFinishedError, match=r"is not a finished stage-1 run: metrics.json is missing \(has the run "
+                                               r"finished\?\)$"):
+        rd.require_finished("stage-1 run")
+    with pytest.raises(RunDirError, match="already holds a run \\(checkpoint.pt\\); pass --resume"):
+        rd.refuse_existing()
+    rd.write_metrics({"overall": 1.0})
+    assert rd.is_finished() and rd.metrics() == {"overall": 1.0}
+    assert rd.stage2("crt").path == rd.path / "stage2_crt" and rd.eval_dir("test") == rd.path / "eval_test"
+
+
+def test_run_dir_owns_its_files_and_nothing_else(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    for owned in ("", "checkpoint.pt", "config.yaml", "metrics.json", "train.log", "tb", "tb/events.out",
+                  "feature_cache/train_views1.pt", "comparison.md", ".lock"):
+        assert rd.owns(rd.path / owned), owned
+    for other in ("eval_test/metrics.json", "model.pt2", "stage2_crt/export.onnx"):
+        assert not rd.owns(rd.path / other), other
+    assert not rd.owns(tmp_path / "checkpoint.pt")

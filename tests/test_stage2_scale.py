@@ -16,20 +16,21 @@ from test_scale_1000 import DIM, NUM_CLASSES, Features, train
 from torch import nn
 
 from ltcls import config as C
-from ltcls.data.base import DataSplits
+from ltcls.data.base import DataSplits, SplitBase
 from ltcls.engine.hooks import EvalHook
+from ltcls.engine.inference import InferenceRunner
 from ltcls.engine.tasks import ClassificationTask
 from ltcls.engine.trainer import Trainer
 from ltcls.models.backbone import LTModel
 from ltcls.models.classifiers import LinearClassifier
-from ltcls.registries import METHODS
+from ltcls.rundir import RunDir
 from ltcls.stage2.presets import stage2_base_config
-from ltcls.stage2.runner import Stage2Context
+from ltcls.stage2.runner import Stage2Context, method_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class FeatureSplit(torch.utils.data.Dataset):
+class FeatureSplit(SplitBase):
     """A split of precomputed features with the LTDataset members stage 2 reads (no transforms to apply)."""
 
     in_memory = True
@@ -74,7 +75,7 @@ def _run(features: Features, tmp_path: Path, method: str, *overrides: str) -> tu
     """The method's stage on a copy of the CE-trained head; returns the trained head and its test predictions."""
     stage1_cfg = C.resolve({"train": {"batch_size": 1024, "num_workers": 0, "log_interval": 1000},
                             "eval": {"batch_size": 4096}})
-    cfg = C.resolve(stage2_base_config(stage1_cfg, method, tmp_path), overrides)
+    cfg = C.resolve(stage2_base_config(stage1_cfg, method, RunDir(tmp_path)), overrides)
     val_idx = torch.cat([torch.arange(NUM_CLASSES) * 20, torch.arange(NUM_CLASSES) * 20 + 1])  # 2 per class
     data = DataSplits(train=FeatureSplit(features.train_x, features.train_y),
                       test=FeatureSplit(features.test_x, features.test_y),
@@ -83,13 +84,14 @@ def _run(features: Features, tmp_path: Path, method: str, *overrides: str) -> tu
     head.load_state_dict(features.head.state_dict())
     model = LTModel(FeatureBackbone(), head)
     task = ClassificationTask(cfg)
-    trainer = Trainer(model, data, cfg, tmp_path, task, hooks=[EvalHook(0)])
-    ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=tmp_path, data=data, model=model, task=task,
-                        trainer=trainer, reporter=None, checkpoint_digest=f"scale-{method}")
+    ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=RunDir(tmp_path), data=data, model=model,
+                        task=task, runner=InferenceRunner.for_config(cfg, task), reporter=None,
+                        checkpoint_digest=f"scale-{method}")
     torch.manual_seed(0)
-    plan = METHODS.get(method)(ctx)
+    plan = method_of(method).plan(ctx)
+    trainer = Trainer(model, data, cfg, RunDir(tmp_path), task, hooks=[EvalHook(0)])
     report = trainer.fit([plan.stage])
-    assert report["num_classes"] == NUM_CLASSES
+    assert report.num_classes == NUM_CLASSES
     classifier = trainer.module(plan.stage) if plan.stage.module is not None else model.classifier
     with torch.no_grad():
         preds = classifier(features.test_x).argmax(1)

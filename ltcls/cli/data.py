@@ -4,10 +4,16 @@ loading; the logic is in :mod:`ltcls.data.tools`)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
+
+from ltcls.cli.use import parser as parser_for
+from ltcls.cli.use import run_command
+from ltcls.config import ConfigError
+
+#: Unusable input: one line, exit 2.
+DATA_ERRORS = (ConfigError, ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError)
 
 DESCRIPTION = """\
 Inspect and prepare long-tailed datasets.
@@ -62,8 +68,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ltcls-data", description=DESCRIPTION, epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for("ltcls-data", DESCRIPTION, EXAMPLES, run_dir=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{stats,verify,make-split}")
 
     p = sub.add_parser("stats", help="split statistics and the published-number check",
@@ -112,75 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SPLITS = ("train", "val", "test")
-
-
-def config_splits(path: str, overrides: Sequence[str] = ()) -> tuple[str, dict]:
-    """The dataset name and train / val / test datasets of a config file (``--set`` applied), built without
-    checking that every image exists (for datasets that take ``check_files``)."""
-    from ltcls import config as C  # lazy: --help must answer without importing torch
-    from ltcls.data.build import build_data  # lazy: as above
-    from ltcls.plugins import load_plugins  # lazy: as above
-    from ltcls.registries import DATASETS  # lazy: as above
-
-    load_plugins()
-    cfg = C.load(path, overrides)
-    data = cfg.data.to_dict()
-    if "check_files" in DATASETS.hyperparams(cfg.data.name):
-        data["check_files"] = False
-    splits = build_data(data)
-    return cfg.data.name, {s: getattr(splits, s) for s in SPLITS}
-
-
-def stats(target: str, overrides: Sequence[str] = (), convention: str = "kang") -> str:
-    """Statistics of a config's dataset (``*.yaml``) or of one split / annotation file (``*.txt``, ``*.json``);
-    no image is opened (files need not be present)."""
-    from ltcls.data.tools.published import PUBLISHED  # lazy: --help must answer without importing torch
-    from ltcls.data.tools.stats import describe_splits, file_stats  # lazy: as above
-
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention '{convention}'; expected one of: {', '.join(CONVENTIONS)}")
-    if not target.endswith((".yaml", ".yml")):
-        if overrides:
-            raise ValueError("--set applies to a config file, not to a split file")
-        return file_stats(target, convention)
-    name, splits = config_splits(target, overrides)
-    counts = {s: d.class_counts for s, d in splits.items() if d is not None}
-    return describe_splits(counts, splits["train"].num_classes, name if name in PUBLISHED else None, convention,
-                           f"{target}: dataset '{name}'")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``ltcls-data``: returns the exit status (0 ok, 1 problems found by verify, 2 unusable input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    from ltcls.config import ConfigError  # lazy: --help must answer without importing torch
-    from ltcls.data.tools.make_split import make_split  # lazy: as above
-    from ltcls.data.tools.verify import verify  # lazy: as above
+    return run_command(build_parser(), argv, _run, expected=DATA_ERRORS)
 
-    try:
-        if args.command == "stats":
-            print(stats(args.target, args.overrides, args.convention))
-            return 0
-        if args.command == "verify":
-            _, splits = config_splits(args.config, args.overrides)
-            report = verify(splits, args.workers, progress=not args.no_progress)
-            print(report.format(args.show))
-            return 0 if report.ok else 1
-        name = args.name or os.path.basename(os.path.normpath(args.root)) + "_LT"
-        made = make_split(args.root, args.out or os.path.join("data_splits", name), name,
-                          train_dir=args.train_dir, test_dir=args.test_dir, val_per_class=args.val_per_class,
-                          profile=args.profile, alpha=args.alpha, img_max=args.img_max, img_min=args.img_min,
-                          imbalance_factor=args.imbalance_factor, seed=args.seed, overwrite=args.force)
-        for split, path in made.files.items():
-            total = f" ({sum(made.counts[split]):,} images)" if split in made.counts else ""
-            print(f"wrote {path}{total}")
-        return 0
-    except (ConfigError, ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"ltcls-data {args.command}: error: {message}", file=sys.stderr)
-        return 2
+
+def _run(args: argparse.Namespace) -> int:
+    from ltcls.data.tools.commands import run  # lazy: --help must answer without importing torch
+
+    return run(args)
 
 
 if __name__ == "__main__":  # python -m ltcls.cli.data

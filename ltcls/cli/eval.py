@@ -48,7 +48,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, tau=args.tau)
     report = evaluate_run(run, args.split, args.split_file, args.logit_adjust_tau, args.out)
-    sys.stdout.write(f"{args.run_dir} on {report['split']} ({run.task.metric_title or 'metrics'}):\n"
+    sys.stdout.write(f"{args.run_dir} on {report.split} ({run.task.metric_title or 'metrics'}):\n"
                      + summary_table(report, run.task.summary_keys) + "\n")
     return 0
 

@@ -35,13 +35,11 @@ def _predict(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {args.out}: expected a .csv or .json file")
     # The engine (torch, timm) is imported only now that the arguments are parsed.
-    from ltcls.predict import write_predictions_csv, write_predictions_json  # lazy: --help without torch
-    from ltcls.stage2.inference import load_run, predict_run  # lazy: as above
+    from ltcls.stage2.inference import load_run, predict_run, save_predictions  # lazy: --help without torch
 
     run = load_run(args.run_dir, with_data=False)
     predictions = predict_run(run, args.paths, topk=args.topk, batch_size=args.batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (write_predictions_json if out.suffix.lower() == ".json" else write_predictions_csv)(out, predictions)
+    save_predictions(out, predictions)
     bad = f", {len(predictions.unreadable)} unreadable (skipped)" if predictions.unreadable else ""
     sys.stdout.write(f"{len(predictions.rows)} images -> {out}{bad}\n")
     return 0

@@ -1,65 +1,64 @@
-"""What ``ltcls-eval``, ``ltcls-predict`` and ``ltcls-export`` share: a RUN_DIR argument, logging to the
-console (``ltcls-train`` uses the same), plug-ins loaded, and every expected failure as one line
-``PROG: error: MESSAGE`` with exit status 2. Torch-free: the commands import the engine after parsing their
-arguments."""
+"""What the commands share: the console log, plug-ins loaded, ``--debug``, and :func:`run_command`, which runs a
+command and reports every expected failure as one line ``PROG: error: MESSAGE`` with its exit status.
+Torch-free: each command imports the engine after parsing its arguments."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable, Sequence
 
+from ltcls.errors import (
+    CheckpointError,
+    UserError,
+    debug_requested,
+    is_main_process,
+    one_line,
+    setup_logging,
+)
 from ltcls.plugins import load_plugins
 
-#: Failures reported as one line (a missing file, a bad value, an unknown name); an unreadable or unfitting
-#: checkpoint too (``CheckpointError``, a RuntimeError: see :func:`run_command`). Other errors keep their traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+#: Failures of ltcls-eval / -predict / -export reported as one line, exit 2 (a missing file, a bad value, an
+#: unknown name, an unreadable or unfitting checkpoint); other errors keep their traceback.
+USE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, CheckpointError)
 
 
-def parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-    """An argument parser with RUN_DIR first (plug-ins loaded, so their names are known)."""
+def parser(prog: str, description: str, epilog: str = "", run_dir: bool = True) -> argparse.ArgumentParser:
+    """An argument parser (plug-ins loaded, so their names are known) with ``--debug``, and RUN_DIR first for the
+    commands that use a finished run."""
     load_plugins()
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR",
-                   help="a finished run directory (stage 1, or stage 2: RUN_DIR/stage2_METHOD) with config.yaml, "
-                        "checkpoint.pt and metrics.json")
+    if run_dir:
+        p.add_argument("run_dir", metavar="RUN_DIR",
+                       help="a finished run directory (stage 1, or stage 2: RUN_DIR/stage2_METHOD) with config.yaml, "
+                            "checkpoint.pt and metrics.json")
+    add_debug(p)
     return p
 
 
-#: The format of every command's log lines (console and train.log).
-LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """``ltcls`` log lines from ``level`` up on stderr (stdout is left to what the command prints); replaces the
-    handlers of an earlier call."""
-    logger = logging.getLogger("ltcls")
-    logger.setLevel(level)
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LOG_FORMAT)
-    logger.addHandler(handler)
-    logger.propagate = False
+def add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of user errors too (or set LTCLS_DEBUG=1)")
 
 
 def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
-                command: Callable[[argparse.Namespace], int]) -> int:
-    """Parse ``argv``, set up logging and run ``command(args)``; an expected failure ends the process with
-    ``PROG: error: MESSAGE`` (one line) and exit status 2."""
+                command: Callable[[argparse.Namespace], int],
+                expected: tuple[type[BaseException], ...] = USE_ERRORS) -> int:
+    """Parse ``argv``, set up the console log (warnings only on the other ranks of a torchrun job) and run
+    ``command(args)``. A :class:`UserError`, or one of ``expected``, ends the process with ``PROG: error:
+    MESSAGE`` (one line) and its exit status (2 unless the error says otherwise); ``--debug`` / ``LTCLS_DEBUG=1``
+    show the traceback instead."""
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(logging.INFO if is_main_process() else logging.WARNING)
     try:
         return command(args)
-    except (*EXPECTED_ERRORS, RuntimeError) as e:
-        if isinstance(e, RuntimeError):
-            from ltcls.engine.checkpoint import CheckpointError  # lazy: the command imported the engine already
-
-            if not isinstance(e, CheckpointError):
-                raise  # an internal error: its traceback
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        p.exit(2, f"{p.prog}: error: {' '.join(str(message).split())}\n")
+    except UserError as e:
+        if debug_requested(args.debug):
+            raise (e.__cause__ or e) from None
+        p.exit(e.code, f"{p.prog}: error: {e}\n")
+    except expected as e:
+        if debug_requested(args.debug):
+            raise
+        p.exit(2, f"{p.prog}: error: {one_line(e)}\n")
     return 2  # not reached: p.exit raises SystemExit

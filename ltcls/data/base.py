@@ -16,13 +16,78 @@ from torch.utils.data import Dataset
 from ltcls.registries import DATASETS, SAMPLERS  # noqa: F401  (the modules that register import them from here)
 
 
+@dataclass(frozen=True)
+class ImageFileList:
+    """The image files a split reads from disk (for the start-up check that they open): ``paths`` under
+    ``root``, and ``where(i)`` naming sample ``i``'s source line (or None)."""
+
+    root: str
+    paths: Sequence[str]
+    where: Callable[[int], str | None]
+
+
+class SplitBase(Dataset):
+    """What the engine asks of every split and dataset it loads, with the defaults of a plain image split.
+
+    ``in_memory``: the samples live in memory (no loader worker processes); ``batched``: the dataset is
+    indexed with a whole batch of indices at once (``dataset[list]`` returns the stacked batch);
+    ``targets``: one label per sample (samplers), or None; ``seed_augmentation`` / ``set_epoch``: per-sample
+    seeded augmentation; ``bad_image_count``: images skipped as unreadable; ``image_files()``: the files to
+    check before training (None: nothing on disk to check)."""
+
+    in_memory: bool = False
+    batched: bool = False
+    targets: np.ndarray | None = None
+    #: How the dataset's samples batch, where it knows better than the task (None: the task's collate).
+    collate_fn: Callable | None = None
+
+    def seed_augmentation(self, seed: int | None) -> None:  # noqa: B027 - optional hook
+        """Draw sample ``i``'s augmentation from a generator seeded by (seed, epoch, i) alone."""
+
+    def set_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """The epoch the per-sample seeds use."""
+
+    @property
+    def bad_image_count(self) -> int:
+        return 0
+
+    def image_files(self) -> ImageFileList | None:
+        return None
+
+
+class Split(Protocol):
+    """What the engine needs of any split (an :class:`LTDataset` for classification, LVIS images for
+    detection, cached features): :class:`SplitBase`'s members, its length, number of classes and per-class
+    training counts."""
+
+    num_classes: int
+    in_memory: bool
+    batched: bool
+    targets: np.ndarray | None
+    collate_fn: Callable | None
+
+    def __len__(self) -> int: ...
+
+    @property
+    def class_counts(self) -> np.ndarray: ...
+
+    def seed_augmentation(self, seed: int | None) -> None: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    @property
+    def bad_image_count(self) -> int: ...
+
+    def image_files(self) -> ImageFileList | None: ...
+
+
 def sample_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
     """The seed of sample ``index``'s random draws in ``epoch`` (the one formula: the same draws whatever the
     number of workers or processes). ``stream`` separates independent draws of the same sample."""
     return ((seed * 1_000_003 + epoch) * 2_654_435_761 + int(index) + stream * 0x9E3779B97F4A7C15) % (2**63)
 
 
-class LTDataset(Dataset):
+class LTDataset(SplitBase):
     """An image classification split: ``targets`` (one int label per sample), ``num_classes``,
     ``classes`` (names) and a ``transform`` applied to the RGB PIL image in ``__getitem__``.
 
@@ -104,18 +169,6 @@ class ArrayDataset(LTDataset):
         return Image.fromarray(self.images[index]).convert("RGB")
 
 
-class Split(Protocol):
-    """What the engine needs of any split (an :class:`LTDataset` for classification, LVIS images for
-    detection): its length, number of classes and per-class training counts."""
-
-    num_classes: int
-
-    def __len__(self) -> int: ...
-
-    @property
-    def class_counts(self) -> np.ndarray: ...
-
-
 @dataclass
 class DataSplits:
     """What a dataset builder returns: the train and test splits and an optional validation split."""
@@ -131,6 +184,17 @@ class DataSplits:
     @property
     def class_counts(self) -> np.ndarray:
         return self.train.class_counts
+
+    def get(self, split: str) -> Split:
+        """The split named ``split`` (train / val / test); a ``ValueError`` saying which splits there are."""
+        dataset = {"train": self.train, "val": self.val, "test": self.test}.get(split)
+        if dataset is None:
+            have = [s for s in ("train", "val", "test") if self.has(s)]
+            raise ValueError(f"the dataset has no {split} split (it has: {', '.join(have)})")
+        return dataset
+
+    def has(self, split: str) -> bool:
+        return {"train": self.train, "val": self.val, "test": self.test}.get(split) is not None
 
     @property
     def class_names(self) -> list[str]:

@@ -8,15 +8,19 @@ classifiers.
 * :mod:`ltcls.detection.task`: the ``detection`` task the shared Trainer runs;
 * :mod:`ltcls.detection.simcal`: SimCal calibration and dual-head inference (``--stage2 simcal``).
 
-Importing this package declares the plug-in's names (the ``lvis`` dataset, the ``detection`` task, the
-``simcal`` stage-2 method) in :mod:`ltcls.registries`, without importing torch; :mod:`ltcls.plugins` lists it.
+Importing this package declares the plug-in's names (the ``detection`` config section, the ``lvis`` dataset, the
+``detection`` task, the ``simcal`` stage-2 method) in :mod:`ltcls.registries`, without importing torch;
+:mod:`ltcls.plugins` lists it.
 """
 
 from __future__ import annotations
 
-from ltcls.registries import DATASETS, METHODS, TASKS
+from ltcls.registries import CONFIG_SECTIONS, DATASETS, METHODS, TASKS
 
-DATASETS.declare("lvis", "ltcls.detection.data", task="detection")
+CONFIG_SECTIONS.declare("detection", "ltcls.detection.config", task="detection")
+# Of the image transforms' keys, Mask R-CNN uses only the flip probability and the normalization (it resizes in
+# its own transform: detection.min_size / max_size); the others would be ignored, so lvis does not take them.
+DATASETS.declare("lvis", "ltcls.detection.data", task="detection", common_keys=("hflip", "mean", "std"))
 TASKS.declare("detection", "ltcls.detection.task")
 METHODS.declare(
     "simcal", "ltcls.detection.simcal", task="detection",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltcls.config import Config
+from ltcls.config import Config, ConfigError
 from ltcls.data.base import DataSplits
 from ltcls.data.build import TRANSFORM_KEYS
 from ltcls.detection.data import DetectionFlip
@@ -47,6 +47,9 @@ def build_detector(cfg: Config, data: DataSplits) -> LTMaskRCNN:
     """
     check_torchvision_version()
     d, m = cfg.detection, cfg.model
+    if m.drop_rate or m.drop_path_rate is not None:
+        raise ConfigError(f"model.drop_rate / model.drop_path_rate apply to classification backbones; the Mask R-CNN "
+                          f"of data.name '{cfg.data.name}' has no dropout (got {m.drop_rate}, {m.drop_path_rate})")
     num_classes = data.num_classes
     loss = build_detection_loss(cfg, data)
     box_classification = build_box_classification(cfg.loss.name, loss, num_classes)

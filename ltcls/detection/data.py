@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from ltcls.data.base import DATASETS, DataSplits, sample_seed
+from ltcls.data.base import DATASETS, DataSplits, SplitBase, sample_seed
 
 log = logging.getLogger("ltcls")
 
@@ -105,7 +104,7 @@ def load_lvis_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-class LVISDataset(Dataset):
+class LVISDataset(SplitBase):
     """One LVIS split: ``__getitem__(i) -> (image float (3, H, W) in [0, 1], target)``.
 
     ``target`` has torchvision's keys ``boxes`` (N, 4) xyxy float, ``labels`` (N,) int64 in 1..C and, with

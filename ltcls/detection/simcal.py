@@ -16,7 +16,7 @@ class scored ``(1 - w) * original + w * calibrated``. Evaluation reports the ori
 ('sel') and averaged models; ``stage2.combine`` says which is the run's result.
 
 This is a plug-in stage-2 method (declared in :mod:`ltcls.detection` with its preset); the shared stage-2
-runner loads the finished run and calls :func:`simcal`.
+runner loads the finished run and calls :class:`SimCal`'s ``plan``.
 """
 
 from __future__ import annotations
@@ -30,21 +30,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ltcls.config import Config
-from ltcls.data.base import sample_seed
+from ltcls.data.base import SplitBase, sample_seed
 from ltcls.detection.build import build_detection_loss
 from ltcls.detection.data import LVISDataset
 from ltcls.detection.heads import BoxClassification, build_box_classification
 from ltcls.detection.model import LTMaskRCNN
 from ltcls.detection.task import BBOX_KEYS, SEGM_KEYS, DetectionTask, LVISEvaluator, summary_line, write_scalars
+from ltcls.engine.checkpoint import Checkpoint
 from ltcls.engine.evaluation import DatasetEvaluator, EvalContext
 from ltcls.engine.stage import Stage
+from ltcls.engine.tasks import Task
 from ltcls.models.classifiers import build_classifier
 from ltcls.models.dual_head import dual_head_average, dual_head_select
 from ltcls.registries import METHODS
-from ltcls.stage2.runner import Plan, Rows, Stage2Context
+from ltcls.results import EvalReport, Evaluation, Values
+from ltcls.stage2.runner import Plan, Rows, Stage2Context, Stage2Method
 
 log = logging.getLogger("ltcls")
 
@@ -63,7 +65,7 @@ def selected_mode(combine: str, threshold: int | None) -> str:
     return "combined" if threshold is not None else "calibrated"
 
 
-class BiLevelDataset(Dataset):
+class BiLevelDataset(SplitBase):
     """Item ``k`` is one training image containing class ``classes[k]`` (0-based), drawn uniformly among them.
 
     With the ``instance`` sampler an epoch visits every class once in random order, so a batch holds
@@ -238,13 +240,14 @@ class SimCalModel(nn.Module):
 
 
 class SimCalEvaluator(DatasetEvaluator):
-    """One LVIS evaluator per model (original, calibrated, combined, averaged); the report's top-level AP keys
+    """One LVIS evaluator per model (original, calibrated, combined, averaged); the report's headline AP keys
     are the ``selected`` model's, each model's metrics under its name."""
 
     def __init__(self, dataset: Any, modes: tuple[str, ...], selected: str, mask_threshold: float,
-                 max_dets: int) -> None:
+                 max_dets: int, threshold: int | None, weight: float) -> None:
         self.evaluators = {m: LVISEvaluator(dataset, mask_threshold, max_dets) for m in modes}
         self.selected = selected
+        self.settings = {"dual_head_threshold": threshold, "combine_weight": weight}
 
     def reset(self) -> None:
         for e in self.evaluators.values():
@@ -254,14 +257,12 @@ class SimCalEvaluator(DatasetEvaluator):
         for mode, e in self.evaluators.items():
             e.process(batch, outputs[mode])
 
-    def evaluate(self) -> dict[str, Any]:
-        results = {mode: e.evaluate() for mode, e in self.evaluators.items()}
-        selected = self.selected
-        report: dict[str, Any] = {k: results[selected].get(k) for k in SEGM_KEYS + BBOX_KEYS}
-        report.update(results)
-        report["selected"] = selected
-        report["num_images"] = results[selected]["num_images"]
-        return report
+    def evaluate(self) -> Evaluation:
+        results = {mode: e.metrics() for mode, e in self.evaluators.items()}
+        selected = results[self.selected]
+        values = {**{k: selected.get(k) for k in SEGM_KEYS + BBOX_KEYS}, **results, "selected": self.selected,
+                  "num_images": selected["num_images"], **self.settings}
+        return Evaluation(sections=(Values(values, headline=SEGM_KEYS + BBOX_KEYS),))
 
 
 class SimCalTask(DetectionTask):
@@ -276,47 +277,65 @@ class SimCalTask(DetectionTask):
 
     def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
         return SimCalEvaluator(dataset, simcal_modes(self.threshold), self.selected, self.mask_threshold,
-                               self.max_dets)
+                               self.max_dets, self.threshold, self.weight)
 
-    def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
-        report["dual_head_threshold"] = self.threshold
-        report["combine_weight"] = self.weight
+    def report(self, report: EvalReport, ctx: EvalContext) -> None:
+        values = report.to_json()
         for mode in MODES:
-            if mode in report:
-                log.info("simcal %s  %s", mode, summary_line(report[mode]))
+            if mode in values:
+                log.info("simcal %s  %s", mode, summary_line(values[mode]))
         if ctx.reporter is not None:
-            write_scalars(ctx.reporter, report, ctx.step)
+            write_scalars(ctx.reporter, values, ctx.step)
             for mode in MODES:
-                if mode in report:
-                    write_scalars(ctx.reporter, report[mode], ctx.step, prefix=f"simcal/{mode}")
+                if mode in values:
+                    write_scalars(ctx.reporter, values[mode], ctx.step, prefix=f"simcal/{mode}")
 
 
-@METHODS.register("simcal")
-def simcal(ctx: Stage2Context) -> Plan:
-    """Calibrate the detector of the finished run: a calibrated head trained with bi-level sampling on the
-    frozen detector; evaluation of the original, calibrated and combined models."""
-    cfg, data, detector = ctx.cfg, ctx.data, ctx.model
+def simcal_model(cfg: Config, stage1_cfg: Config | None, detector: LTMaskRCNN, data: Any) -> SimCalModel:
+    """The frozen detector with a calibrated head: a copy of the original box head and, where the classifier and
+    its outputs are the stage-1 run's, of its classifier (SimCal: "initialized with the original head"); else a
+    fresh classifier of the configured kind. ``stage1_cfg`` None: a model to load a finished run's weights into."""
     original = detector.roi_heads
     loss = build_detection_loss(cfg, data)
     box_classification = build_box_classification(cfg.loss.name, loss, data.num_classes)
-    if (cfg.classifier == ctx.stage1_cfg.classifier
-            and box_classification.classifier_outputs == original.box_classification.classifier_outputs):
+    same = box_classification.classifier_outputs == original.box_classification.classifier_outputs
+    if stage1_cfg is not None and cfg.classifier == stage1_cfg.classifier and same:
         classifier = copy.deepcopy(original.box_predictor.cls_score)  # SimCal: start from the original head
     else:
-        log.info("simcal: the classifier or loss differs from stage 1; the calibrated classifier starts fresh")
+        if stage1_cfg is not None:
+            log.info("simcal: the classifier or loss differs from stage 1; the calibrated classifier starts fresh")
         classifier = build_classifier(cfg.classifier.name, cfg.detection.box_head_dim,
                                       box_classification.classifier_outputs, **cfg.classifier.params)
         box_classification.init_classifier(classifier)
     head = CalibratedHead(copy.deepcopy(original.box_head), classifier, box_classification)
-    threshold = cfg.stage2.dual_head_threshold
-    model = SimCalModel(detector, head, data.train.instance_counts, threshold, cfg.stage2.combine_weight)
-    stage = Stage("simcal", loss, cfg.train, cfg.sampler, eval_modules=[detector],
-                  train_set=BiLevelDataset(data.train))
+    return SimCalModel(detector, head, data.train.instance_counts, cfg.stage2.dual_head_threshold,
+                       cfg.stage2.combine_weight)
 
-    def rows(report: dict[str, Any]) -> Rows:
-        names = {"combined": f"combined sel (T = {threshold})",
-                 "averaged": f"averaged (w = {cfg.stage2.combine_weight:g})"}
-        return [(names.get(mode, mode), report[mode]) for mode in MODES if mode in report]
 
-    return Plan(stage, model=model, task=SimCalTask(cfg), rows=rows,
-                title=f"{ctx.stage1_dir} -> SimCal (T = {threshold})")
+@METHODS.register("simcal")
+class SimCal(Stage2Method):
+    """Calibrate the detector of the finished run: a calibrated head trained with bi-level sampling on the
+    frozen detector; evaluation of the original, calibrated and combined models."""
+
+    def plan(self, ctx: Stage2Context) -> Plan:
+        cfg, data = ctx.cfg, ctx.data
+        model = simcal_model(cfg, ctx.stage1_cfg, ctx.model, data)
+        loss = model.head.box_classification.loss
+        threshold = cfg.stage2.dual_head_threshold
+        stage = Stage("simcal", loss, cfg.train, cfg.sampler, eval_modules=[ctx.model],
+                      train_set=BiLevelDataset(data.train))
+
+        def finish(report: EvalReport) -> tuple[EvalReport, Rows]:
+            names = {"combined": f"combined sel (T = {threshold})",
+                     "averaged": f"averaged (w = {cfg.stage2.combine_weight:g})"}
+            values = report.to_json()
+            return report, [(names.get(mode, mode), values[mode]) for mode in MODES if mode in values]
+
+        return Plan(stage, model=model, task=SimCalTask(cfg), finish=finish,
+                    title=f"{ctx.stage1_dir} -> SimCal (T = {threshold})")
+
+    def inference_model(self, cfg: Config, stage1_model: nn.Module, data: Any, ckpt: Checkpoint) -> nn.Module:
+        return simcal_model(cfg, None, stage1_model, data)
+
+    def inference_task(self, cfg: Config, task: Task) -> Task:
+        return SimCalTask(cfg)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ltcls.config import Config
 from ltcls.data.base import DataSplits
-from ltcls.detection.build import build_detection_data, build_detector
+from ltcls.detection.build import build_detection_data, build_detection_loss, build_detector
 from ltcls.detection.evaluation import METRICS, encode_detections, federated_subset, lvis_evaluate_all
 from ltcls.detection.model import LTMaskRCNN, compact_masks
 from ltcls.engine.distributed import broadcast_object, gather_objects, info
@@ -21,6 +21,8 @@ from ltcls.engine.loops import autocast
 from ltcls.engine.tasks import Run, StepOutput, Task, seed_everything
 from ltcls.losses.base import LTLoss
 from ltcls.registries import TASKS
+from ltcls.reporting import Reporter
+from ltcls.results import EvalReport, Evaluation, Values
 
 log = logging.getLogger("ltcls")
 
@@ -67,9 +69,13 @@ class LVISEvaluator(DatasetEvaluator):
             self.segm += s
             self.img_ids.append(int(target["image_id"]))
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> Evaluation:
         """Each rank keeps only the detections LVIS evaluation uses (its images' top ``max_dets``, the federated
         filter) before rank 0 gathers them, evaluates bbox and segm in one pass and broadcasts the metrics."""
+        return Evaluation(sections=(lvis_section(self.metrics()),))
+
+    def metrics(self) -> dict[str, object]:
+        """The LVIS metrics (segm keys, ``bbox_`` keys), the number of detections and the split's facts."""
         local_ids, local_count = self.img_ids, len(self.bbox)
         kept = {t: federated_subset(self.gt, r, t, self.max_dets, local_ids)
                 for t, r in (("segm", self.segm), ("bbox", self.bbox))}
@@ -116,9 +122,8 @@ class DetectionTask(Task):
         return Run(data, model, model.box_classification.loss)
 
     def describe_data(self, cfg: Config, data: DataSplits) -> str:
-        split = getattr(data, cfg.eval.split)
         return (f"data {cfg.data.name}: {data.num_classes} categories, {len(data.train)} train images, "
-                f"{len(split) if split is not None else 0} {cfg.eval.split} images")
+                f"{len(data.get(cfg.eval.split))} {cfg.eval.split} images")
 
     def train_step(self, module: nn.Module, batch: Any, loss_fn: LTLoss, device: torch.device, amp: bool
                    ) -> StepOutput:
@@ -140,13 +145,22 @@ class DetectionTask(Task):
     def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
         return LVISEvaluator(dataset, self.mask_threshold, self.max_dets)
 
-    def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
-        log.info("%s epoch %d  %s  %s", ctx.stage, ctx.epoch, ctx.split, summary_line(report))
+    def build_loss(self, cfg: Config, data: DataSplits) -> LTLoss:
+        return build_detection_loss(cfg, data)
+
+    def report(self, report: EvalReport, ctx: EvalContext) -> None:
+        metrics = report.metrics()
+        log.info("%s epoch %d  %s  %s", ctx.stage, ctx.epoch, ctx.split, summary_line(metrics))
         if ctx.reporter is not None:
-            write_scalars(ctx.reporter, report, ctx.step)
+            write_scalars(ctx.reporter, metrics, ctx.step)
 
 
-def write_scalars(reporter: Any, report: Mapping[str, Any], step: int, prefix: str = "det") -> None:
+def lvis_section(metrics: Mapping[str, object]) -> Values:
+    """LVIS metrics as a report section: the segm and ``bbox_`` keys are its headline metrics."""
+    return Values(dict(metrics), headline=SEGM_KEYS + BBOX_KEYS)
+
+
+def write_scalars(reporter: Reporter, report: Mapping[str, Any], step: int, prefix: str = "det") -> None:
     for key in SEGM_KEYS + BBOX_KEYS:
         if report.get(key) is not None:
             reporter.scalar(f"{prefix}/{key}", report[key], step)

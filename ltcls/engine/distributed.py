@@ -7,12 +7,14 @@ are PyTorch's. A run without torchrun's environment is a single process and ever
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, Subset
+
+from ltcls.data.base import Split, SplitBase
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,6 @@ def info() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def barrier() -> None:
-    if info().enabled:
-        dist.barrier()
-
 
 def gather_shards(tensor: torch.Tensor, total: int) -> torch.Tensor:
     """Rebuild a full sequence from rank shards taken as ``seq[rank::world]`` (all ranks get the result).
@@ -78,11 +76,27 @@ def gather_shards(tensor: torch.Tensor, total: int) -> torch.Tensor:
     return stacked[:total].to(tensor.device)
 
 
-def rank_shard(dataset: Dataset) -> Dataset:
+class Shard(SplitBase):
+    """Samples ``indices`` of ``dataset``, with its loading traits (``in_memory``, ``batched``)."""
+
+    def __init__(self, dataset: Split, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+        self.in_memory, self.batched, self.collate_fn = dataset.in_memory, dataset.batched, dataset.collate_fn
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int | Sequence[int]) -> object:
+        if isinstance(index, int):
+            return self.dataset[self.indices[index]]
+        return self.dataset[[self.indices[i] for i in index]]  # a batched dataset: one batch of indices
+
+
+def rank_shard(dataset: Split) -> Split:
     """This process's shard ``dataset[rank::world]`` for evaluation (the whole dataset in one process); the
     one sharding rule, undone by :func:`gather_shards` / :func:`gather_objects`."""
     d = info()
-    return Subset(dataset, range(d.rank, len(dataset), d.world_size)) if d.enabled else dataset
+    return Shard(dataset, range(d.rank, len(dataset), d.world_size)) if d.enabled else dataset
 
 
 def gather_objects(items: list[Any]) -> list[Any] | None:

@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from ltcls.data.base import LTDataset
+from ltcls.data.base import LTDataset, Split, SplitBase
 from ltcls.engine.distributed import info
 from ltcls.io import atomic_write
 
 log = logging.getLogger("ltcls")
 
 
-class FeatureSet(Dataset):
+class FeatureSet(SplitBase):
     """Cached features ``(views, N, D)`` with their labels; each access picks one view at random.
 
     ``in_memory``: the trainer uses no worker processes. ``batched``: indexed with a whole batch of indices at
@@ -81,17 +80,17 @@ def cache_key(checkpoint_digest: str, data_cfg: Mapping[str, Any], split: str, d
     return h.hexdigest()
 
 
-def extract_features(predict_fn: Callable[[Dataset, str], tuple[torch.Tensor, torch.Tensor]], dataset: LTDataset,
+def extract_features(predict_fn: Callable[[Split, str], tuple[torch.Tensor, torch.Tensor]], dataset: LTDataset,
                      views: int = 1, seed: int = 0) -> torch.Tensor:
     """Features ``(views, N, D)`` of ``dataset`` (float32, CPU); ``predict_fn(dataset, desc)`` runs the
-    frozen backbone in eval mode (sharded over processes by the Trainer).
+    frozen backbone in eval mode (sharded over processes by the inference runner).
 
     With ``views > 1`` every pass draws new random augmentations, seeded per sample by (seed, view, index)
     so the views are the same whatever the number of workers or processes.
     """
     out = []
     for v in range(views):
-        if views > 1 and hasattr(dataset, "seed_augmentation"):
+        if views > 1:
             dataset.seed_augmentation(seed)
             dataset.set_epoch(v)
         feats, _ = predict_fn(dataset, f"features {v + 1}/{views}")

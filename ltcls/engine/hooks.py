@@ -11,6 +11,8 @@ import logging
 from typing import Any
 
 from ltcls.engine.stage import LoopState, Stage
+from ltcls.reporting import Reporter
+from ltcls.results import EpochStats
 
 #: The running ``ltcls.engine.trainer.Trainer`` (not imported: the Trainer imports the hooks).
 Trainer = Any
@@ -28,7 +30,7 @@ class HookBase:
                    parts: dict[str, float]) -> None:
         pass
 
-    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: EpochStats) -> None:
         pass
 
     def after_stage(self, trainer: Trainer, stage: Stage, state: LoopState) -> None:
@@ -49,16 +51,16 @@ class EpochLogHook(HookBase):
         log.info("%s: %d epochs x %d steps (%d samples per epoch, %s sampler, batch %d), lr %.4g%s%s", stage.name,
                  t.epochs, state.steps_per_epoch, samples, stage.sampler.name, t.batch_size, lr, scaled, warmup)
 
-    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: EpochStats) -> None:
         log.info("%s epoch %d/%d  loss %.4f  lr %.4g  %.0f img/s  (%.1fs)", stage.name, state.epoch, stage.train.epochs,
-                 stats["loss"], state.optimizer.param_groups[0]["lr"], stats["images_per_s"], stats["seconds"])
+                 stats.loss, state.optimizer.param_groups[0]["lr"], stats.images_per_s, stats.seconds)
 
 
 class TensorBoardHook(HookBase):
     """``train/loss``, ``train/lr`` and every loss part as ``train/<part>`` each logged step; the epoch's mean
     loss and throughput each epoch."""
 
-    def __init__(self, reporter: Any) -> None:
+    def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
 
     def after_step(self, trainer: Trainer, stage: Stage, step: int, loss: float, lr: float,
@@ -68,9 +70,9 @@ class TensorBoardHook(HookBase):
         for name, value in parts.items():
             self.reporter.scalar(f"train/{name}", value, step)
 
-    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
-        self.reporter.scalar("train/epoch_loss", stats["loss"], state.step)
-        self.reporter.scalar("train/images_per_s", stats["images_per_s"], state.step)
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: EpochStats) -> None:
+        self.reporter.scalar("train/epoch_loss", stats.loss, state.step)
+        self.reporter.scalar("train/images_per_s", stats.images_per_s, state.step)
 
 
 class EvalHook(HookBase):
@@ -80,7 +82,7 @@ class EvalHook(HookBase):
     def __init__(self, interval: int) -> None:
         self.interval = interval
 
-    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: EpochStats) -> None:
         if self.interval and state.epoch % self.interval == 0 and state.epoch < stage.train.epochs:
             trainer.evaluate(stage, state.step, epoch=state.epoch)
 
@@ -89,7 +91,7 @@ class EvalHook(HookBase):
 
 
 class CheckpointHook(HookBase):
-    """Write RUN_DIR/checkpoint.pt (atomically) after every epoch, from the main process."""
+    """Write the run's checkpoint (atomically) after every epoch, from the main process."""
 
-    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: dict[str, float]) -> None:
+    def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: EpochStats) -> None:
         trainer.save_checkpoint(stage, state)

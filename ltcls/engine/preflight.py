@@ -1,5 +1,5 @@
 """Checks run before training starts, so that a bad value, a missing split or an unreadable test image is
-reported in one line at once instead of after hours of training (issue 12, item 3).
+reported in one line at once instead of after hours of training.
 
 What is checked: ``train.device`` is usable; the run's data builds (split files parsed, every listed image
 present: the datasets' own ``check_files``); every split the run reads exists (``eval.split``); the model and
@@ -12,18 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
 
 from ltcls.config import Config, ConfigError
-from ltcls.data.base import DataSplits
-from ltcls.engine.rundir import RunDirError
+from ltcls.data.base import DataSplits, Split
 from ltcls.engine.tasks import Run, Task
+from ltcls.rundir import RunDirError
 
 log = logging.getLogger("ltcls")
 
@@ -61,8 +59,8 @@ def check_work_dir(work_dir: Path) -> None:
 def check_splits(cfg: Config, data: DataSplits) -> None:
     """Every split the run reads exists: ``eval.split`` (``ConfigError`` naming the key and the splits there are)."""
     split = cfg.eval.split
-    if getattr(data, split, None) is None:
-        have = [s for s in ("train", "val", "test") if getattr(data, s, None) is not None]
+    if not data.has(split):
+        have = [s for s in ("train", "val", "test") if data.has(s)]
         raise ConfigError(f"eval.split is '{split}' but the dataset '{cfg.data.name}' has no {split} split (it has: "
                           f"{', '.join(have)}); set eval.split to one of those, or give the dataset a {split} split")
 
@@ -75,35 +73,34 @@ def _open_error(path: str) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-def check_images_open(dataset: Any, split: str, workers: int | None = None) -> None:
+def check_images_open(dataset: Split, split: str, workers: int | None = None) -> None:
     """Each image file of a file-listed ``dataset`` opens as an image (PIL reads the header, not the pixels),
-    when the dataset stops on a bad image (``data.on_bad_image: error``). Catches empty, foreign and
-    header-damaged files at start; an image whose pixel data is corrupt further in is still found only when
-    decoded (``ltcls-data verify`` decodes every image). In-memory datasets are skipped."""
-    paths: Sequence[str] | None = getattr(dataset, "paths", None)
-    root = getattr(dataset, "root", None)
-    if paths is None or root is None or getattr(dataset, "on_bad_image", "error") != "error":
+    when the dataset stops on a bad image (``data.on_bad_image: error``: the split lists its
+    ``image_files()``). Catches empty, foreign and header-damaged files at start; an image whose pixel data is
+    corrupt further in is still found only when decoded (``ltcls-data verify`` decodes every image). In-memory
+    datasets are skipped."""
+    files = dataset.image_files()
+    if files is None:
         return
     start = time.perf_counter()
-    full = [os.path.join(root, p) for p in paths]
+    full = [os.path.join(files.root, p) for p in files.paths]
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         errors = list(pool.map(_open_error, full, chunksize=256))
     bad = [i for i, e in enumerate(errors) if e is not None]
     if bad:
-        where = getattr(dataset, "where", lambda i: None)
-        named = "; ".join(f"'{paths[i]}'" + (f" ({where(i)})" if where(i) else "") + f": {errors[i]}"
+        named = "; ".join(f"'{files.paths[i]}'" + (f" ({files.where(i)})" if files.where(i) else "") + f": {errors[i]}"
                           for i in bad[:MAX_NAMED])
         more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
-        raise ValueError(f"{len(bad)} image(s) of the {split} split under data.root '{root}' cannot be opened: "
+        raise ValueError(f"{len(bad)} image(s) of the {split} split under data.root '{files.root}' cannot be opened: "
                          f"{named}{more}; fix or remove them (ltcls-data verify lists all), or set "
                          "data.on_bad_image: skip")
-    log.info("checked that the %d %s images open (%.1fs)", len(paths), split, time.perf_counter() - start)
+    log.info("checked that the %d %s images open (%.1fs)", len(files.paths), split, time.perf_counter() - start)
 
 
 def check_data(cfg: Config, data: DataSplits) -> None:
     """The splits the run reads exist, and the evaluation split's images open."""
     check_splits(cfg, data)
-    check_images_open(getattr(data, cfg.eval.split), cfg.eval.split)
+    check_images_open(data.get(cfg.eval.split), cfg.eval.split)
 
 
 def check_run(cfg: Config, task: Task, work_dir: Path) -> Run:

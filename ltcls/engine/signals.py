@@ -52,9 +52,11 @@ def exit_code_of(signum: int) -> int:
 class Interrupted(Exception):
     """A run stopped at a safe point on a signal; the CLI reports it in one line and exits with ``exit_code``."""
 
-    def __init__(self, signal_name: str, exit_code: int, message: str = "") -> None:
+    def __init__(self, signal_name: str, exit_code: int, message: str = "", has_checkpoint: bool = True) -> None:
         super().__init__(message or f"interrupted by {signal_name}")
         self.signal_name, self.exit_code = signal_name, exit_code
+        #: Whether the run has a checkpoint to ``--resume`` from (none yet: Ctrl-C in the first epoch).
+        self.has_checkpoint = has_checkpoint
 
 
 class GracefulInterrupt:

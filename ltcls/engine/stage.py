@@ -8,9 +8,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ltcls.config import Component, TrainConfig
+from ltcls.data.base import Split
+from ltcls.engine.loops import StepOptions
 from ltcls.losses.base import LTLoss
 
 
@@ -31,20 +33,23 @@ class Stage:
     sampler: Component
     eval_modules: Sequence[nn.Module] = ()
     module: nn.Module | None = None
-    train_set: Dataset | None = None
-    eval_sets: dict[str, Dataset] = field(default_factory=dict)
+    train_set: Split | None = None
+    eval_sets: dict[str, Split] = field(default_factory=dict)
 
 
 @dataclass
 class LoopState:
-    """The state of a running stage: what a checkpoint holds besides the model."""
+    """The state of a running stage: what a checkpoint holds besides the model, and what the loop runs with
+    (the training split, the per-process micro-batch, its loader and sampler, how a step is taken)."""
 
     index: int
+    train_set: Split
+    micro_batch: int
     loader: DataLoader
     sampler: Any
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
+    opts: StepOptions
     amp: bool
     wrapped: nn.Module
     epoch: int = 0

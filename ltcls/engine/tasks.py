@@ -23,9 +23,9 @@ from ltcls.engine.evaluation import ClassificationEvaluator, DatasetEvaluator, E
 from ltcls.engine.loops import autocast
 from ltcls.losses.base import LTLoss, build_loss
 from ltcls.metrics import GROUPS
-from ltcls.models.backbone import LTModel, create_backbone
-from ltcls.models.classifiers import build_classifier
+from ltcls.models.backbone import LTModel, create_model
 from ltcls.registries import TASKS, task_of
+from ltcls.results import EvalReport
 
 log = logging.getLogger("ltcls")
 
@@ -75,6 +75,10 @@ class Task:
     def build_model(self, cfg: Config, data: DataSplits) -> nn.Module:
         raise NotImplementedError
 
+    def build_loss(self, cfg: Config, data: DataSplits) -> LTLoss:
+        """The loss of a config (its ``scores`` are the model's inference scores), with the data's facts."""
+        raise NotImplementedError
+
     def build(self, cfg: Config) -> Run:
         """Seed, then build the data splits, the model and the stage-1 loss of a run."""
         raise NotImplementedError
@@ -82,10 +86,9 @@ class Task:
     def describe_data(self, cfg: Config, data: DataSplits) -> str:
         """One log line about the data of a run."""
         counts = data.class_counts
-        split = getattr(data, cfg.eval.split)
         return (f"data {cfg.data.name}: {data.num_classes} classes, {len(data.train)} train images "
-                f"(max {counts.max()}, "
-                f"min {counts.min()} per class), {len(split) if split is not None else 0} {cfg.eval.split} images")
+                f"(max {counts.max()}, min {counts.min()} per class), {len(data.get(cfg.eval.split))} "
+                f"{cfg.eval.split} images")
 
     def train_step(self, module: nn.Module, batch: Any, loss_fn: LTLoss, device: torch.device, amp: bool
                    ) -> StepOutput:
@@ -101,7 +104,7 @@ class Task:
     def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
         raise NotImplementedError
 
-    def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
+    def report(self, report: EvalReport, ctx: EvalContext) -> None:
         """Log a finished evaluation and write it to TensorBoard (``ctx.reporter``, main process only)."""
         raise NotImplementedError
 
@@ -134,11 +137,14 @@ class ClassificationTask(Task):
     def build_model(self, cfg: Config, data: DataSplits) -> LTModel:
         return build_model(cfg, data.num_classes)
 
+    def build_loss(self, cfg: Config, data: DataSplits) -> LTLoss:
+        return build_stage_loss(cfg, data)
+
     def build(self, cfg: Config) -> Run:
         seed_everything(cfg.train.seed)
         data = self.build_data(cfg)
         model = self.build_model(cfg, data)
-        loss = build_stage_loss(cfg, data)
+        loss = self.build_loss(cfg, data)
         loss.init_classifier(model.classifier)
         return Run(data, model, loss)
 
@@ -159,22 +165,21 @@ class ClassificationTask(Task):
     def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
         return ClassificationEvaluator(len(dataset), ctx)
 
-    def report(self, report: dict[str, Any], ctx: EvalContext) -> None:
+    def report(self, report: EvalReport, ctx: EvalContext) -> None:
         log.info("%s epoch %d  %s top-1 %s", ctx.stage, ctx.epoch, ctx.split,
-                 "  ".join(f"{k} {_fmt(report[k])}" for k in ("overall", *GROUPS)))
+                 "  ".join(f"{k} {_fmt(report.metric(k))}" for k in ("overall", *GROUPS)))
         if ctx.reporter is not None:
-            ctx.reporter.evaluation(report, ctx.step, classifier=getattr(ctx.model, "classifier", None),
-                                    many_threshold=ctx.many_threshold, few_threshold=ctx.few_threshold,
-                                    class_names=report.get("class_names"))
+            head = ctx.model.classifier if isinstance(ctx.model, LTModel) else None
+            ctx.reporter.evaluation(report, ctx.step, classifier=head, many_threshold=ctx.many_threshold,
+                                    few_threshold=ctx.few_threshold)
 
 
 def build_model(cfg: Config, num_classes: int) -> LTModel:
     """Backbone (``timm.create_model(..., num_classes=0)``) + the configured classifier head."""
     m = cfg.model
-    backbone = create_backbone(m.name, pretrained=m.pretrained, drop_rate=m.drop_rate,
-                               drop_path_rate=m.drop_path_rate, **m.kwargs)
-    classifier = build_classifier(cfg.classifier.name, backbone.num_features, num_classes, **cfg.classifier.params)
-    return LTModel(backbone, classifier)
+    return create_model(m.name, num_classes, cfg.classifier.name, pretrained=m.pretrained,
+                        classifier_params=cfg.classifier.params, drop_rate=m.drop_rate,
+                        drop_path_rate=m.drop_path_rate, **m.kwargs)
 
 
 def build_stage_loss(cfg: Config, data: DataSplits) -> LTLoss:

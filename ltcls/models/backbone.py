@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import timm
 import torch
 from torch import nn
 
 from ltcls.models import cifar_resnet  # noqa: F401  (registers cifar_resnet* into timm)
+from ltcls.models.classifiers import build_classifier
 
 
 def create_backbone(name: str, pretrained: bool = False, drop_rate: float = 0.0, drop_path_rate: float | None = None,
@@ -43,3 +46,13 @@ class LTModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def create_model(backbone: str, num_classes: int, classifier: str = "linear", pretrained: bool = False,
+                 classifier_params: Mapping[str, object] | None = None, **backbone_kwargs: object) -> LTModel:
+    """A timm backbone (``backbone`` by name, ``timm.create_model`` keyword arguments in ``backbone_kwargs``) with a
+    registered classifier head (``classifier`` by name: linear, normalized, tau_norm, lws, ncm) for
+    ``num_classes`` classes: what a config's ``model`` and ``classifier`` sections build."""
+    features = create_backbone(backbone, pretrained=pretrained, **backbone_kwargs)
+    head = build_classifier(classifier, features.num_features, num_classes, **(classifier_params or {}))
+    return LTModel(features, head)

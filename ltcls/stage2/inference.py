@@ -1,42 +1,36 @@
 """Use a finished run: load its model for inference (a stage-1 run or any stage-2 run directory), evaluate it
-with calibration and per-class reports, classify image files, export it as TorchScript.
+with calibration and per-class reports, classify image files, export it.
 
-A run directory holds ``config.yaml``, ``checkpoint.pt`` and ``metrics.json``. The model is rebuilt the way
-the run built it: the stage-1 config's model, then (stage 2) the method's head
-(:data:`ltcls.stage2.methods.INFERENCE_HEADS`), then the checkpoint's weights. A method without an entry there
-(SimCal) wraps the model in its plan; its plan is built (cheap: no data is read) and the checkpoint loaded into
-the plan's model. Where ``stage2.combine`` asks for a dual head (SimCal's 'sel' with
-``stage2.dual_head_threshold``, or 'avg'), :attr:`LoadedRun.dual_head` is that dual head over the stage-1 and
-stage-2 heads as one module (scores, not logits). Prediction and export need no data: the class names and
-count come from the checkpoint (``metrics.json`` for runs made before they were stored), the class counts
-from ``metrics.json``.
+The model is rebuilt the way the run built it: the stage-1 config's model, then (stage 2) the method's
+inference model (:meth:`ltcls.stage2.runner.Stage2Method.inference_model`: a head, or SimCal's wrapper), then
+the checkpoint's weights; no training machinery is built. Where ``stage2.combine`` asks for a dual head
+(SimCal's 'sel' with ``stage2.dual_head_threshold``, or 'avg'), :attr:`LoadedRun.dual_head` is that dual head
+over the stage-1 and stage-2 heads as one module (scores, not logits). Prediction and export need no data: the
+class names and count come from the checkpoint, the class counts from ``metrics.json``. Inference runs through
+the one :class:`ltcls.engine.inference.InferenceRunner`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
 
-from ltcls.config import Config, load
-from ltcls.data.base import DataSplits
+from ltcls.config import Config
+from ltcls.data.base import DataSplits, Split
 from ltcls.data.build import TRANSFORM_KEYS
 from ltcls.data.datasets.split_file import read_split_file
 from ltcls.data.transforms import build_transforms
-from ltcls.engine.checkpoint import CheckpointError, load_checkpoint
-from ltcls.engine.evaluation import ClassificationEvaluator
-from ltcls.engine.stage import Stage
+from ltcls.engine.checkpoint import Checkpoint
+from ltcls.engine.evaluation import ClassificationEvaluator, EvalContext
+from ltcls.engine.inference import InferenceRunner
 from ltcls.engine.tasks import Task, build_stage_loss, build_task, seed_everything
-from ltcls.engine.trainer import CHECKPOINT, Trainer, resolve_device
 from ltcls.export import DualHeadClassifier, LossScores, export_torchscript
 from ltcls.losses.base import LTLoss
 from ltcls.losses.logit_adjusted import logit_adjust
@@ -44,8 +38,7 @@ from ltcls.metrics import GROUPS, accuracy_report, calibration_report, confusion
 from ltcls.models.backbone import LTModel
 from ltcls.models.decoupled import TauNormClassifier
 from ltcls.models.dual_head import dual_head_rule
-from ltcls.predict import Predictions, find_images, predict_topk
-from ltcls.registries import METHODS
+from ltcls.predict import ImageFiles, Predictions, TopK, find_images, write_predictions_csv, write_predictions_json
 from ltcls.registry import signature_schema
 from ltcls.reporting import (
     confusion_matrix_figure,
@@ -54,18 +47,27 @@ from ltcls.reporting import (
     write_json,
     write_per_class_csv,
 )
-from ltcls.stage2.methods import INFERENCE_HEADS
-from ltcls.stage2.runner import Stage2Context
+from ltcls.results import EvalReport, Nested, Values
+from ltcls.rundir import METRICS, NotFinishedError, RunDir
+from ltcls.stage2.runner import method_of
 
 log = logging.getLogger("ltcls")
 
-RUN_FILES = ("config.yaml", CHECKPOINT, "metrics.json")
+
+@dataclass
+class ClassFacts:
+    """What building a classification model and loss needs of the data, read from a run's files."""
+
+    num_classes: int
+    class_counts: np.ndarray
+    class_names: list[str]
+
 
 @dataclass
 class LoadedRun:
     """A finished run's model and what using it needs."""
 
-    run_dir: Path
+    run_dir: RunDir
     cfg: Config
     task: Task
     #: Images -> logits (classification) or the detector; eval mode, on CPU.
@@ -74,7 +76,6 @@ class LoadedRun:
     loss: LTLoss
     class_names: list[str]
     class_counts: np.ndarray
-    metrics: dict[str, Any]
     #: The stage-2 method, ``None`` for a stage-1 run.
     method: str | None = None
     #: tau-norm's tau in use (the run's chosen one, or the ``tau`` asked for).
@@ -85,7 +86,7 @@ class LoadedRun:
     data: DataSplits | None = None
 
     @property
-    def transform_params(self) -> dict[str, Any]:
+    def transform_params(self) -> dict[str, object]:
         """The run's transform keys of ``data:`` (img_size, mean, std, ...), defaults filled in."""
         params = {k: default for k, (_, default) in signature_schema(build_transforms).items()}
         params.update({k: v for k, v in self.cfg.data.params.items() if k in TRANSFORM_KEYS})
@@ -101,22 +102,12 @@ class LoadedRun:
             return self.dual_head, _identity
         return self.model, self.loss.scores
 
+    def runner(self) -> InferenceRunner:
+        return InferenceRunner.for_config(self.cfg, self.task)
+
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """An error naming the run directory and the first missing file of a finished run."""
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run directory '{run_dir}'")
-    for name in RUN_FILES:
-        if not (run_dir / name).is_file():
-            hint = {"metrics.json": " (has the run finished?)",
-                    CHECKPOINT: " (tau_norm / ncm stage-2 runs made before they wrote one have none: run the stage 2 "
-                                "again)",
-                    }.get(name, "")
-            raise FileNotFoundError(f"{run_dir} is not a finished run: {name} is missing{hint}")
 
 
 def load_run(run_dir: str | Path, with_data: bool = True, tau: float | None = None) -> LoadedRun:
@@ -125,78 +116,61 @@ def load_run(run_dir: str | Path, with_data: bool = True, tau: float | None = No
     ``with_data=False`` builds no dataset (prediction, export; classification runs only). ``tau`` replaces
     the run's head by its tau-normalized version (a linear or tau-norm head), without retraining.
     """
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir)
-    cfg = load(run_dir / "config.yaml")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    rd = RunDir(run_dir)
+    rd.require_finished()
+    cfg, ckpt = rd.config(), Checkpoint.load(rd.checkpoint_path)
     method = cfg.stage2.method if cfg.stage2.from_run else None
-    stage1_dir = Path(cfg.stage2.from_run) if method else run_dir
-    if method and not (stage1_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is a stage-2 run of '{stage1_dir}' (stage2.from_run in "
-                                f"{run_dir / 'config.yaml'}), which has no config.yaml (run the command from the "
-                                "folder the run was started in, or fix stage2.from_run)")
-    stage1_cfg = load(stage1_dir / "config.yaml") if method else cfg
+    stage1 = _stage1_of(rd, cfg) if method else rd
+    stage1_cfg = stage1.config() if method else cfg
     task = build_task(cfg)
-    if with_data:  # the data and the loss as the run built them (the task seeds first)
-        built = task.build(cfg)
-        data: Any = built.data
-        names, loss, model = [str(n) for n in data.class_names], built.loss, built.model
-    else:
-        seed_everything(cfg.train.seed)
-        data = _facts(run_dir, ckpt, metrics)
-        names, loss, model = data.class_names, build_stage_loss(cfg, data), None
-    if ckpt.get("loss"):
-        loss.load_state_dict(ckpt["loss"])
-    chosen_tau = (ckpt.get("stage2") or {}).get("tau", metrics.get("tau"))
-    if method is not None or model is None:
-        model = task.build_model(stage1_cfg, data)
-    if method in INFERENCE_HEADS:
-        head = INFERENCE_HEADS[method](cfg, model.num_features, data.num_classes,
-                                    1.0 if chosen_tau is None else float(chosen_tau))
-        model.classifier = head if head is not None else model.classifier
-    elif method is not None:  # a method that wraps the model (SimCal) builds it in its plan
-        ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=stage1_dir, data=data, model=model, task=task,
-                            trainer=Trainer(model, data, cfg, run_dir, task, None, hooks=[]), reporter=None)
-        plan = METHODS.get(method)(ctx)
-        model, task = plan.model or model, plan.task or task
-    _load_weights(model, ckpt, run_dir / CHECKPOINT)
+    seed_everything(cfg.train.seed)
+    data = task.build_data(cfg) if with_data else _facts(rd, ckpt)
+    loss, names = task.build_loss(cfg, data), [str(n) for n in data.class_names]
+    if ckpt.loss:
+        loss.load_state_dict(ckpt.loss)
+    if ckpt.tau is None and method:
+        ckpt.tau = rd.metrics().get("tau")  # a run written before the checkpoint stored it
+    model = task.build_model(stage1_cfg, data)
+    if method is not None:
+        impl = method_of(method)
+        model, task = impl.inference_model(cfg, model, data, ckpt), impl.inference_task(cfg, task)
+    ckpt.load_into(model, rd.checkpoint_path)
     model.eval()
-    run = LoadedRun(run_dir, cfg, task, model, loss, names, np.asarray(data.class_counts), metrics, method,
-                    chosen_tau, data=data if with_data else None)
+    run = LoadedRun(rd, cfg, task, model, loss, names, np.asarray(data.class_counts), method, ckpt.tau,
+                    data=data if with_data else None)
     if tau is not None:
         set_tau(run, tau)
     rule = dual_head_rule(cfg.stage2.combine, cfg.stage2.dual_head_threshold)
     if method and rule is not None and isinstance(model, LTModel):
-        run.dual_head = _dual_head(run, stage1_cfg, stage1_dir, data, rule)
+        run.dual_head = _dual_head(run, stage1_cfg, stage1, data, rule)
     return run
 
 
-def _facts(run_dir: Path, ckpt: dict[str, Any], metrics: dict[str, Any]) -> SimpleNamespace:
+def _stage1_of(run_dir: RunDir, cfg: Config) -> RunDir:
+    stage1 = RunDir(cfg.stage2.from_run)
+    if not stage1.config_path.is_file():
+        raise NotFinishedError(f"{run_dir} is a stage-2 run of '{stage1}' (stage2.from_run in {run_dir.config_path}), "
+                               "which has no config.yaml (run the command from the folder the run was started in, "
+                               "or fix stage2.from_run)")
+    return stage1
+
+
+def _facts(run_dir: RunDir, ckpt: Checkpoint) -> ClassFacts:
     """What building a classification model and loss needs of the data, from the run's files."""
-    counts = metrics.get("class_counts")
+    counts = run_dir.metrics().get("class_counts")
     if counts is None:
-        raise ValueError(f"{run_dir} is not a classification run ({run_dir / 'metrics.json'} has no 'class_counts'): "
+        raise ValueError(f"{run_dir} is not a classification run ({run_dir.metrics_path} has no 'class_counts'): "
                          "prediction and export take classification runs")
-    names = ckpt.get("class_names") or metrics.get("class_names") or [str(i) for i in range(len(counts))]
+    names = ckpt.class_names or [str(i) for i in range(len(counts))]
     if len(names) != len(counts):
         raise ValueError(f"{run_dir}: {len(names)} class names but {len(counts)} class counts in metrics.json")
-    return SimpleNamespace(num_classes=len(counts), class_counts=np.asarray(counts), class_names=list(names))
-
-
-def _load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"the checkpoint {path} does not fit the model rebuilt from the run's config.yaml "
-                              f"(expected the same model, head and number of classes): {first}") from None
+    return ClassFacts(num_classes=len(counts), class_counts=np.asarray(counts), class_names=list(names))
 
 
 def set_tau(run: LoadedRun, tau: float) -> None:
     """tau-normalize the run's head (Kang et al.): a tau-norm head gets ``tau``; a linear one is replaced by its
     tau-normalized version (bias dropped); other heads are an error."""
-    head = getattr(run.model, "classifier", None)
+    head = run.model.classifier if isinstance(run.model, LTModel) else None
     if isinstance(head, TauNormClassifier):
         head.tau = float(tau)
     elif isinstance(head, nn.Linear):
@@ -207,11 +181,12 @@ def set_tau(run: LoadedRun, tau: float) -> None:
     run.tau = float(tau)
 
 
-def _dual_head(run: LoadedRun, stage1_cfg: Config, stage1_dir: Path, data: Any, rule: str) -> nn.Module:
+def _dual_head(run: LoadedRun, stage1_cfg: Config, stage1_dir: RunDir, data: DataSplits | ClassFacts,
+               rule: str) -> nn.Module:
     """The run's dual head as one module: SimCal's selection ('sel': the stage-1 head's scores for classes with
     more than T training images) or score averaging ('avg'), as ``stage2.combine`` asks."""
     stage1 = run.task.build_model(stage1_cfg, data)
-    _load_weights(stage1, load_checkpoint(stage1_dir / CHECKPOINT), stage1_dir / CHECKPOINT)
+    Checkpoint.load(stage1_dir.checkpoint_path).load_into(stage1, stage1_dir.checkpoint_path)
     stage1_loss = build_stage_loss(stage1_cfg, data)
     s2 = run.cfg.stage2
     head = DualHeadClassifier(stage1.classifier, run.model.classifier, run.class_counts, s2.dual_head_threshold,
@@ -222,30 +197,30 @@ def _dual_head(run: LoadedRun, stage1_cfg: Config, stage1_dir: Path, data: Any, 
 # ------------------------------------------------------------------------------------------------ evaluate
 
 
-def default_eval_dir(run_dir: str | Path, split: str, split_file: str | None = None) -> Path:
+def default_eval_dir(run_dir: str | Path | RunDir, split: str, split_file: str | None = None) -> Path:
     """``RUN_DIR/eval_<split>`` (``eval_<file stem>`` for a split file)."""
-    return Path(run_dir) / f"eval_{Path(split_file).stem if split_file else split}"
+    return RunDir(str(run_dir)).eval_dir(Path(split_file).stem if split_file else split)
 
 
-def eval_dataset(run: LoadedRun, split: str, split_file: str | None = None) -> Any:
+def eval_dataset(run: LoadedRun, split: str, split_file: str | None = None) -> Split:
     """The split to evaluate, through the run's eval transform (the train split too)."""
     data = run.data
     if split_file is not None:
         root = run.cfg.data.params.get("root")
         if root is None:
-            raise ValueError(f"--split-file needs a data.root in {run.run_dir / 'config.yaml'} (the folder the "
-                             f"file's paths are relative to); the dataset '{run.cfg.data.name}' has none")
+            raise ValueError(f"--split-file needs a data.root in {run.run_dir.config_path} (the folder the file's "
+                             f"paths are relative to); the dataset '{run.cfg.data.name}' has none")
         entries = read_split_file(split_file, root, len(run.class_names))
         return entries.dataset(root, len(run.class_names), run.class_names, data.test.transform,
                                on_bad_image=run.cfg.data.params.get("on_bad_image", "error"))
-    dataset = getattr(data, split, None)
-    if dataset is None:
+    if not data.has(split):
         raise ValueError(f"the dataset '{run.cfg.data.name}' of {run.run_dir} has no {split} split")
+    dataset = data.get(split)
     return dataset.with_transform(data.test.transform) if split == "train" else dataset
 
 
 def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = None,
-                 logit_adjust_tau: float | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+                 logit_adjust_tau: float | None = None, out_dir: str | Path | None = None) -> EvalReport:
     """Evaluate ``run`` on a split (or a split file) into ``out_dir`` (default :func:`default_eval_dir`).
 
     ``metrics.json`` holds the task's metrics, computed as training computes them (for the same split and
@@ -254,77 +229,82 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
     ``reliability.png``, ``confusion_matrix.png``, ``per_class_accuracy.png`` and ``per_class.csv``; a dual
     head's accuracy under ``dual_head``. Returns the report.
     """
-    out = Path(out_dir) if out_dir is not None else default_eval_dir(run.run_dir, split, split_file)
-    out.mkdir(parents=True, exist_ok=True)
     if run.data is None:
         raise ValueError("evaluate_run needs a run loaded with its data (load_run(..., with_data=True))")
+    out = Path(out_dir) if out_dir is not None else default_eval_dir(run.run_dir, split, split_file)
+    out.mkdir(parents=True, exist_ok=True)
     dataset = eval_dataset(run, split, split_file)
-    trainer = Trainer(run.model, run.data, run.cfg, out, run.task, reporter=None, hooks=[])
-    stage = Stage("eval", run.loss, None, run.cfg.sampler)
-    ctx = trainer.eval_context(stage, step=0, epoch=0, split=split)
-    if logit_adjust_tau is not None:
-        ctx.logit_adjust_tau = float(logit_adjust_tau)
+    runner = run.runner()
+    e = run.cfg.eval
+    ctx = EvalContext(class_counts=run.data.class_counts, many_threshold=e.many_threshold,
+                      few_threshold=e.few_threshold, scores=run.loss.scores, model=run.model, stage="eval", split=split,
+                      logit_adjust_tau=e.logit_adjust_tau if logit_adjust_tau is None else float(logit_adjust_tau))
     evaluator = run.task.evaluator(dataset, ctx)
-    report = trainer.run_inference(run.model, dataset, evaluator, f"eval {split}")
-    report.update(split=split if split_file is None else str(split_file), stage="eval",
-                  class_names=run.class_names, source_run=str(run.run_dir), method=run.method,
-                  logit_adjust_tau=ctx.logit_adjust_tau)
-    if run.tau is not None:
-        report["tau"] = run.tau
+    evaluation = runner.evaluate(run.model, dataset, evaluator, f"eval {split}")
+    report = EvalReport.of(evaluation, split=split if split_file is None else str(split_file), epoch=0, stage="eval",
+                           num_classes=len(run.class_names), class_names=run.class_names)
+    source = {"source_run": str(run.run_dir), "method": run.method, "logit_adjust_tau": ctx.logit_adjust_tau}
+    report = report.with_sections(Values(source if run.tau is None else {**source, "tau": run.tau}))
     run.task.report(report, ctx)
     if isinstance(evaluator, ClassificationEvaluator):
         logits, labels = evaluator.outputs()
-        _classification_reports(run, report, logits, labels, ctx.logit_adjust_tau, out)
+        report = report.with_sections(_classification_reports(run, report, logits, labels, ctx.logit_adjust_tau,
+                                                              out))
         if run.dual_head is not None:
-            scores, labels = trainer.predict_dataset(run.dual_head, dataset, "eval dual head")
-            e = run.cfg.eval
-            r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), run.class_counts, e.many_threshold,
-                                e.few_threshold)
-            s2 = run.cfg.stage2
-            report["dual_head"] = {"threshold": s2.dual_head_threshold, "weight": s2.combine_weight,
-                                   "combine": dual_head_rule(s2.combine, s2.dual_head_threshold),
-                                   "combined": {k: r[k] for k in ("overall", "mean_per_class", *GROUPS)}}
-    write_json(out / "metrics.json", report)
-    log.info("wrote %s", out / "metrics.json")
+            report = report.with_sections(_dual_head_section(run, runner, dataset))
+    write_json(out / METRICS, report.to_json())
+    log.info("wrote %s", out / METRICS)
     return report
 
 
-def _classification_reports(run: LoadedRun, report: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor,
-                            logit_adjust_tau: float, out: Path) -> None:
+def _dual_head_section(run: LoadedRun, runner: InferenceRunner, dataset: Split) -> Nested:
+    """The dual head's accuracy on ``dataset`` (``dual_head`` in metrics.json)."""
+    scores, labels = runner.predict(run.dual_head, dataset, "eval dual head")
+    e, s2 = run.cfg.eval, run.cfg.stage2
+    r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), run.class_counts, e.many_threshold, e.few_threshold)
+    return Nested("dual_head", {"threshold": s2.dual_head_threshold, "weight": s2.combine_weight,
+                                "combine": dual_head_rule(s2.combine, s2.dual_head_threshold),
+                                "combined": {k: getattr(r, k) for k in ("overall", "mean_per_class", *GROUPS)}})
+
+
+def _classification_reports(run: LoadedRun, report: EvalReport, logits: torch.Tensor, labels: torch.Tensor,
+                            logit_adjust_tau: float, out: Path) -> Values:
+    """Calibration (returned as a section), ``per_class.csv`` and the figures of a classification evaluation."""
     e, counts, names = run.cfg.eval, run.class_counts, run.class_names
     if logit_adjust_tau:
         logits = logit_adjust(logits, counts, logit_adjust_tau)
     probs = run.loss.scores(logits).float()
     preds, labels_np = probs.argmax(1).numpy(), labels.numpy()
     cal = calibration_report(probs.numpy(), labels_np, counts, e.many_threshold, e.few_threshold)
-    report.update({k: cal[k] for k in ("ece", "ece_many", "ece_medium", "ece_few", "nll")},
-                  calibration_bins=cal["bins"])
     rows = per_class_table(preds, labels_np, counts, names, e.many_threshold, e.few_threshold)
     write_per_class_csv(out / "per_class.csv", rows)
+    per_class = np.array([np.nan if a is None else a for a in report.accuracy.per_class], dtype=float)
     figures = {
-        "reliability.png": reliability_figure(cal["bins"], cal["ece"], f"reliability diagram ({report['split']})"),
+        "reliability.png": reliability_figure(cal["bins"], cal["ece"], f"reliability diagram ({report.split})"),
         "confusion_matrix.png": confusion_matrix_figure(confusion_matrix(preds, labels_np, len(counts)), counts,
                                                         names, e.many_threshold, e.few_threshold),
-        "per_class_accuracy.png": per_class_figure(
-            np.array([np.nan if a is None else a for a in report["per_class"]], dtype=float), counts,
-            "top-1 accuracy (%)", f"per-class accuracy ({report['split']})", e.many_threshold, e.few_threshold,
-            names),
+        "per_class_accuracy.png": per_class_figure(per_class, counts, "top-1 accuracy (%)",
+                                                   f"per-class accuracy ({report.split})", e.many_threshold,
+                                                   e.few_threshold, names),
     }
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
+    return Values({**{k: cal[k] for k in ("ece", "ece_many", "ece_medium", "ece_few", "nll")},
+                   "calibration_bins": cal["bins"]})
 
 
-def summary_table(report: dict[str, Any], keys: Sequence[str]) -> str:
+def summary_table(report: EvalReport, keys: Sequence[str]) -> str:
     """The printed table: one line per metric (``keys``, then calibration where present)."""
+    values = {**report.to_json(), **report.metrics()}
     lines = []
     for key in (*keys, "ece", "ece_many", "ece_medium", "ece_few", "nll"):
-        if key in report:
-            value = report[key]
+        if key in values:
+            value = values[key]
             lines.append(f"{key:<12} {'n/a' if value is None else f'{value:.4f}' if key == 'nll' else f'{value:.2f}'}")
-    if "dual_head" in report:
-        combined = report["dual_head"]["combined"]
-        dual = report["dual_head"]
+    if "dual_head" in values:
+        dual = values["dual_head"]
+        combined = dual["combined"]
         rule = f"sel, T = {dual['threshold']}" if dual.get("combine") == "sel" else f"avg, w = {dual.get('weight')}"
         lines.append(f"dual head ({rule}): " + "  ".join(
             f"{k} {'n/a' if combined[k] is None else f'{combined[k]:.2f}'}" for k in ("overall", *GROUPS)))
@@ -334,17 +314,41 @@ def summary_table(report: dict[str, Any], keys: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------------ predict / export
 
 
-def predict_run(run: LoadedRun, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64,
-                num_workers: int = 0) -> Predictions:
+def predict_images(runner: InferenceRunner, module: nn.Module, paths: Sequence[str], transform: Callable,
+                   class_names: Sequence[str], topk: int = 5,
+                   scores: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Predictions:
+    """The ``topk`` classes (names) and probabilities of every image in ``paths``, in the order given, through
+    ``transform``. ``scores`` turns logits into probabilities (default softmax; a run's loss's ``scores``, e.g.
+    Gumbel). Unreadable files are logged, skipped and listed in ``Predictions.unreadable``."""
+    top = TopK(paths, class_names, topk, scores)
+    device = runner.device
+
+    def step(m: nn.Module, batch: Sequence[object]) -> torch.Tensor | None:
+        images = batch[1]
+        return m(images.to(device)) if images is not None else None
+
+    runner.evaluate(module.to(device), ImageFiles(paths, transform), top, "predict", step=step)
+    log.info("predicted %d images, %d unreadable", len(top.result.rows), len(top.result.unreadable))
+    return top.result
+
+
+def predict_run(run: LoadedRun, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64) -> Predictions:
     """Top-k class names and scores of every image under ``paths`` (files, or folders searched recursively),
     through the run's eval transform; unreadable files are reported and skipped."""
     images = find_images(paths)
     if not images:
         raise FileNotFoundError(f"no image files under {', '.join(str(p) for p in paths)}")
-    device = resolve_device(run.cfg.train.device)
     module, scores = run.inference_model()
-    return predict_topk(module.to(device), images, run.eval_transform(), run.class_names, topk=topk,
-                        batch_size=batch_size, device=device, num_workers=num_workers, scores=scores)
+    runner = run.runner()
+    runner.batch_size = batch_size
+    return predict_images(runner, module, images, run.eval_transform(), run.class_names, topk, scores)
+
+
+def save_predictions(out: str | Path, predictions: Predictions) -> None:
+    """Write ``predictions`` as CSV or JSON, as the extension of ``out`` says (its folder is created)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (write_predictions_json if out.suffix.lower() == ".json" else write_predictions_csv)(out, predictions)
 
 
 def export_run(run: LoadedRun, out_path: str | Path | None = None) -> tuple[Path, Path]:
@@ -356,5 +360,6 @@ def export_run(run: LoadedRun, out_path: str | Path | None = None) -> tuple[Path
              "dual_head_threshold": run.cfg.stage2.dual_head_threshold if run.dual_head is not None else None,
              "dual_head_rule": run.dual_head.classifier.rule if run.dual_head is not None else None,
              "outputs": "dual-head scores" if run.dual_head is not None else "logits"}
-    out = Path(out_path) if out_path is not None else run.run_dir / "model.torchscript.pt"
-    return export_torchscript(module, out, p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir, extra)
+    out = Path(out_path) if out_path is not None else run.run_dir.path / "model.torchscript.pt"
+    return export_torchscript(module, out, p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir.path,
+                              extra)

@@ -4,29 +4,13 @@ user's ``--set``). Torch-free: the command line resolves a stage-2 config before
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Any
 
 from ltcls import config as C
 from ltcls.registries import METHODS, task_of
-
-#: Sections a preset updates key by key; every other section in a preset is replaced whole.
-UPDATED_SECTIONS = ("train", "stage2", "detection")
-
-#: Files that make a run directory a finished run.
-FINISHED_RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.json")
+from ltcls.rundir import RunDir
 
 
-def finished_run_config(run_dir: Path) -> C.Config:
-    """The resolved config of a finished run; an error naming the missing file otherwise."""
-    for name in FINISHED_RUN_FILES:
-        if not (run_dir / name).is_file():
-            hint = " (has stage 1 finished?)" if name == "metrics.json" else ""
-            raise FileNotFoundError(f"{run_dir} is not a finished stage-1 run: {name} is missing{hint}")
-    return C.load(run_dir / "config.yaml")
-
-
-def preset(method: str, data_name: str) -> dict[str, dict[str, Any]]:
+def preset(method: str, data_name: str) -> C.PlainConfig:
     """The method's preset, with its per-dataset overrides (``preset_by_dataset``) for ``data_name`` on top."""
     meta = METHODS.meta(method)
     out = copy.deepcopy(meta.get("preset", {}))
@@ -35,7 +19,7 @@ def preset(method: str, data_name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def stage2_base_config(stage1_cfg: C.Config, method: str, stage1_dir: Path) -> dict[str, Any]:
+def stage2_base_config(stage1_cfg: C.Config, method: str, stage1_dir: RunDir) -> C.PlainConfig:
     """The stage-1 config with ``method``'s preset applied (to be resolved with the user's ``--set``).
 
     A method applies to runs of one task (``METHODS`` metadata): a detection run's second stage is not a
@@ -49,7 +33,7 @@ def stage2_base_config(stage1_cfg: C.Config, method: str, stage1_dir: Path) -> d
                             f"{', '.join(f'--stage2 {m}' for m in fits)})")
     cfg = stage1_cfg.to_dict()
     for section, values in preset(method, stage1_cfg.data.name).items():
-        cfg[section] = {**cfg.get(section, {}), **values} if section in UPDATED_SECTIONS else dict(values)
+        cfg[section] = dict(values) if section in C.SECTIONS else {**cfg.get(section, {}), **values}
     cfg["stage2"] = {**cfg["stage2"], "method": method, "from_run": str(stage1_dir)}
     return cfg
 

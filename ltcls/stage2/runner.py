@@ -1,52 +1,52 @@
-"""The one stage-2 runner: load the finished stage-1 run, let the method build its stage, train / evaluate it
-with the shared Trainer, compare with stage 1 (``comparison.md``) and write ``metrics.json``.
+"""The one stage-2 runner: load the finished stage-1 run, let the method plan its stage, train / evaluate it with
+the shared Trainer, compare with stage 1 (``comparison.md``) and write ``metrics.json``.
 
-A method (registered in ``METHODS``) is ``method(ctx: Stage2Context) -> Plan``. The context holds the
-stage-2 config, the stage-1 config and directory, the data, the stage-1 model with its checkpoint loaded,
-the task and a Trainer on them; the plan says which stage to run, and optionally another model / task for
-it (SimCal wraps the detector) and how to fill the comparison.
+A method is a registered :class:`Stage2Method` (``METHODS``): ``plan(ctx)`` says how it trains (a :class:`Plan`:
+the stage to run, optionally another model / task for it, how to finish the report), ``inference_model(...)``
+which module a finished run of it predicts with, so loading a run for inference never builds training
+machinery.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
 from ltcls.config import Config
 from ltcls.data.base import DataSplits
-from ltcls.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ltcls.engine.checkpoint import Checkpoint
 from ltcls.engine.features import file_digest
 from ltcls.engine.hooks import HookBase
+from ltcls.engine.inference import InferenceRunner
 from ltcls.engine.stage import Stage
 from ltcls.engine.tasks import Task, build_task, seed_everything
-from ltcls.engine.trainer import CHECKPOINT, Trainer, default_hooks
-from ltcls.io import atomic_write_text
+from ltcls.engine.trainer import Trainer, default_hooks
 from ltcls.registries import METHODS
-from ltcls.reporting import Reporter, write_json
-from ltcls.stage2.presets import finished_run_config
+from ltcls.reporting import Reporter
+from ltcls.results import EvalReport
+from ltcls.rundir import RunDir
 
 log = logging.getLogger("ltcls")
 
-Rows = list[tuple[str, dict[str, Any]]]
+#: ``comparison.md`` rows below stage 1: a name and the row's metrics.
+Rows = list[tuple[str, Mapping[str, float | None]]]
 
 
 @dataclass
 class Stage2Context:
-    """What a stage-2 method works with."""
+    """What a stage-2 method works with: the stage-2 config, the finished stage-1 run (config, directory), the
+    data, the stage-1 model with its weights, the task, the inference runner and the TensorBoard reporter."""
 
     cfg: Config
     stage1_cfg: Config
-    stage1_dir: Path
+    stage1_dir: RunDir
     data: DataSplits
     model: nn.Module
     task: Task
-    trainer: Trainer
+    runner: InferenceRunner
     reporter: Reporter | None
     #: The stage-1 checkpoint's digest (feature-cache keys); empty: computed on first use by :meth:`digest`.
     checkpoint_digest: str = ""
@@ -58,23 +58,47 @@ class Stage2Context:
     def digest(self) -> str:
         """The stage-1 checkpoint's digest, read only when a feature cache needs it."""
         if not self.checkpoint_digest:
-            self.checkpoint_digest = file_digest(self.stage1_dir / CHECKPOINT)
+            self.checkpoint_digest = file_digest(self.stage1_dir.checkpoint_path)
         return self.checkpoint_digest
 
 
 @dataclass
 class Plan:
-    """A method's answer: the stage to run, optionally on another model / task, and the comparison rows.
+    """A method's answer: the stage to run, optionally on another model / task, and how its report ends.
 
-    ``rows(report)`` may add method-specific entries to the report and returns the rows below stage 1 in
-    ``comparison.md`` (default: one row, the stage-2 model). ``title`` heads ``comparison.md``."""
+    ``finish(report)`` returns the final report (with the method's sections added) and the rows below stage 1 in
+    ``comparison.md`` (default: the report unchanged and one row, the stage-2 model). ``title`` heads
+    ``comparison.md``; ``tau``: tau-norm's chosen tau, stored in the checkpoint of a stage that only evaluates."""
 
     stage: Stage
     model: nn.Module | None = None
     task: Task | None = None
-    rows: Callable[[dict[str, Any]], Rows] | None = None
+    finish: Callable[[EvalReport], tuple[EvalReport, Rows]] | None = None
     title: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    tau: float | None = None
+
+
+class Stage2Method:
+    """Base of the registered stage-2 methods."""
+
+    def plan(self, ctx: Stage2Context) -> Plan:
+        """How the method trains (or evaluates) on the finished stage-1 run."""
+        raise NotImplementedError
+
+    def inference_model(self, cfg: Config, stage1_model: nn.Module, num_classes: int, ckpt: Checkpoint
+                        ) -> nn.Module:
+        """The module a finished run of this method predicts with, before its checkpoint's weights are loaded:
+        ``stage1_model`` (the stage-1 architecture) with the method's head or wrapper."""
+        raise NotImplementedError
+
+    def inference_task(self, cfg: Config, task: Task) -> Task:
+        """The task that evaluates a finished run of this method (``task``: the stage-1 one)."""
+        return task
+
+
+def method_of(name: str) -> Stage2Method:
+    """The registered stage-2 method ``name``."""
+    return METHODS.get(name)()
 
 
 def comparison_table(rows: Rows, keys: tuple[str, ...]) -> str:
@@ -85,23 +109,13 @@ def comparison_table(rows: Rows, keys: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_evaluated_model(trainer: Trainer, report: dict[str, Any], path: Path) -> None:
-    """The checkpoint of a stage that only evaluates (tau-norm, NCM): the model it evaluated (NCM's class means
-    are buffers), the class names and the chosen ``tau``, so the run can be evaluated and exported later.
-    ``stage`` / ``epoch`` / ``step`` are 0: ``--resume`` evaluates it again."""
-    payload = {"stage": 0, "epoch": 0, "step": 0, "model": trainer.model.state_dict(),
-               "config": trainer.cfg.to_dict(), "num_classes": int(trainer.data.num_classes),
-               "class_names": [str(n) for n in trainer.data.class_names], "history": trainer.history,
-               "stage2": {"method": trainer.cfg.stage2.method, "tau": report.get("tau")}}
-    save_checkpoint(payload, path)
-
-
 @dataclass
 class Stage1:
-    """A finished stage-1 run loaded for its second stage: its config, the stage-2 data and the stage-1 model
-    with the checkpoint's weights."""
+    """A finished stage-1 run loaded for its second stage: its config and directory, the stage-2 data and the
+    stage-1 model with the checkpoint's weights."""
 
     cfg: Config
+    run_dir: RunDir
     data: DataSplits
     model: nn.Module
 
@@ -109,52 +123,41 @@ class Stage1:
 def load_stage1(cfg: Config, task: Task) -> Stage1:
     """Seed, build the data of the stage-2 config ``cfg`` and the model of the finished run ``cfg.stage2.from_run``,
     and load its checkpoint (a :class:`CheckpointError` naming the file if it cannot be read or does not fit)."""
-    stage1_dir = Path(cfg.stage2.from_run)
-    stage1_cfg = finished_run_config(stage1_dir)
-    ckpt_path = stage1_dir / CHECKPOINT
+    stage1_dir = RunDir(cfg.stage2.from_run)
+    stage1_dir.require_finished("stage-1 run")
+    stage1_cfg = stage1_dir.config()
     seed_everything(cfg.train.seed)
     data = task.build_data(cfg)
     model = task.build_model(stage1_cfg, data)
-    state = load_checkpoint(ckpt_path)["model"]  # an unreadable file: its own CheckpointError
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"the stage-1 checkpoint {ckpt_path} does not fit the stage-1 model (did the data's "
-                              f"number of classes change?): {first}") from None
-    return Stage1(stage1_cfg, data, model)
+    Checkpoint.load(stage1_dir.checkpoint_path).load_into(
+        model, stage1_dir.checkpoint_path, "the stage-1 model (did the data's number of classes change?)")
+    return Stage1(stage1_cfg, stage1_dir, data, model)
 
 
-def run_stage2(cfg: Config, work_dir: Path, reporter: Reporter | None, resume: bool = False,
-               hooks: Sequence[HookBase] = (), stage1: Stage1 | None = None) -> tuple[dict[str, Any], Task]:
+def run_stage2(cfg: Config, run_dir: RunDir, reporter: Reporter | None, resume: Checkpoint | None = None,
+               hooks: Sequence[HookBase] = (), stage1: Stage1 | None = None) -> tuple[EvalReport, Task]:
     """Run the stage-2 method ``cfg.stage2.method`` on the finished run ``cfg.stage2.from_run``; ``hooks`` run
-    after the default ones; ``stage1``: that run as :func:`load_stage1` loaded it already (the command's
-    start-up checks do), else it is loaded here. Returns the final report and the task that evaluated it."""
-    stage1_dir = Path(cfg.stage2.from_run)
-    method = METHODS.get(cfg.stage2.method)
+    after the default ones; ``resume``: the stage-2 run's checkpoint to continue from; ``stage1``: that run as
+    :func:`load_stage1` loaded it already (the command's start-up checks do), else it is loaded here. Returns the
+    final report and the task that evaluated it."""
     task = build_task(cfg)
     stage1 = stage1 if stage1 is not None else load_stage1(cfg, task)
-    stage1_cfg, data, model = stage1.cfg, stage1.data, stage1.model
-    all_hooks = [*default_hooks(cfg, reporter), *hooks]
-    trainer = Trainer(model, data, cfg, work_dir, task, reporter, all_hooks)
-    ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1_cfg, stage1_dir=stage1_dir, data=data, model=model, task=task,
-                        trainer=trainer, reporter=reporter)
-    plan = method(ctx)
-    if plan.model is not None or plan.task is not None:
-        task = plan.task or task
-        trainer = Trainer(plan.model or model, data, cfg, work_dir, task, reporter, all_hooks)
-    trainer.model.to(trainer.device)
+    runner = InferenceRunner.for_config(cfg, task)
+    ctx = Stage2Context(cfg=cfg, stage1_cfg=stage1.cfg, stage1_dir=stage1.run_dir, data=stage1.data,
+                        model=stage1.model, task=task, runner=runner, reporter=reporter)
+    plan = method_of(cfg.stage2.method).plan(ctx)
+    task = plan.task or task
+    trainer = Trainer(plan.model or stage1.model, stage1.data, cfg, run_dir, task, reporter,
+                      [*default_hooks(cfg, reporter), *hooks])
     report = trainer.fit([plan.stage], resume=resume)
-    report.update(plan.extra)
-    rows = plan.rows(report) if plan.rows is not None else [(f"stage 2 ({ctx.method})", report)]
-    stage1_metrics = json.loads((stage1_dir / "metrics.json").read_text())
-    table = comparison_table([("stage 1", stage1_metrics), *rows], task.comparison_keys)
+    report, rows = plan.finish(report) if plan.finish is not None else (report, [])
+    rows = rows or [(f"stage 2 ({ctx.method})", report.metrics())]
+    table = comparison_table([("stage 1", stage1.run_dir.metrics()), *rows], task.comparison_keys)
     if trainer.dist.is_main:
-        if plan.stage.train is None:
-            save_evaluated_model(trainer, report, work_dir / CHECKPOINT)
-        title = plan.title or f"{stage1_dir} -> {ctx.method}"
-        atomic_write_text(work_dir / "comparison.md",
-                          f"# {title}\n\n{task.metric_title} on the {report['split']} split\n\n" + table)
-        write_json(work_dir / "metrics.json", report)
+        if plan.stage.train is None:  # a stage that only evaluates: its checkpoint is the model it evaluated
+            trainer.checkpoint(plan.stage, tau=plan.tau).save(run_dir.checkpoint_path)
+        title = plan.title or f"{stage1.run_dir} -> {ctx.method}"
+        run_dir.write_comparison(f"# {title}\n\n{task.metric_title} on the {report.split} split\n\n" + table)
+        run_dir.write_metrics(report.to_json())
     log.info("stage 1 vs stage 2 (%s):\n%s", ctx.method, table)
     return report, task

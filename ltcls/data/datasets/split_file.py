@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from ltcls.data.base import DATASETS, DataSplits, LTDataset
+from ltcls.data.base import DATASETS, DataSplits, ImageFileList, LTDataset
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,10 @@ class FileListDataset(LTDataset):
 
     def __getitem__(self, index: int):
         return self.apply_transform(self._load_or_replace(index), index), int(self.targets[index])
+
+    def image_files(self) -> ImageFileList | None:
+        """The files to check before training, when a bad image stops the run (``on_bad_image: error``)."""
+        return ImageFileList(self.root, self.paths, self.where) if self.on_bad_image == "error" else None
 
     # -- bad images
     @property
