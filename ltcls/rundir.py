@@ -207,6 +207,19 @@ class RunDir:
         return RunDirLock.holder(self.path)
 
 
+def refuse_run_files(path: str | os.PathLike, what: str = "--out") -> None:
+    """A :class:`RunDirError` if writing ``path`` would replace a run's own files: ``path`` is a run directory,
+    one of the files or folders a run keeps there, or lies inside one (outputs of other commands go elsewhere,
+    e.g. ``RUN_DIR/eval_test/``)."""
+    target = Path(os.path.abspath(path))
+    for folder in (target, *target.parents):
+        run = RunDir(folder)
+        if run.config_path.is_file() and run.owns(target):
+            where = "is the run directory" if folder == target else f"is the run's own {target.relative_to(folder)}"
+            raise RunDirError(f"{what} {path}: {where} of {folder}; a command never writes over a run's files: "
+                              "choose another path")
+
+
 class RunDirLock:
     """Exclusive lock on a run directory for the life of a run (context manager; creates the directory).
 

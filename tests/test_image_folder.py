@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ltcls.data.base import DATASETS
 from ltcls.data.datasets.digits import digits_lt
 from ltcls.data.datasets.image_folder import image_folder
 from ltcls.data.datasets.split_file import BadImageError
 from ltcls.data.transforms import build_transforms
+from ltcls.registries import DATASETS
 
 
 def _image(path: Path, value: int, fmt: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""1000-class scale tests on synthetic ImageNet-LT-shaped features (issue 10, items 1 and 6).
+"""1000-class scale tests on synthetic ImageNet-LT-shaped features.
 
 A fixed frozen "backbone" is just features: class ``c`` has a random mean, a sample is ``relu(mean + noise)``
 (non-negative, as after a ReLU and average pooling), with the published profile's counts (Pareto, alpha 6,

@@ -1,4 +1,4 @@
-"""Split files as users write them (issue 12, item 7): paths with spaces and tabs, a byte-order mark, invalid
+"""Split files as users write them: paths with spaces and tabs, a byte-order mark, invalid
 UTF-8, duplicated entries and classes without a training image."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 methods and the shared Trainer, on a fixed frozen "backbone" that is just features (tests/test_scale_1000.py's
 synthetic data). Each method with its own preset (cRT / LWS on the class-aware sampler, GOL's decoupled Gumbel,
 Seesaw as a stage-2 loss) must change the classifier and move few-shot accuracy the published way: up, relative
-to the softmax-trained head. These are the checks a 10-class toy cannot make (issue 10, items 1, 2, 6)."""
+to the softmax-trained head. These are the checks a 10-class toy cannot make."""
 
 from __future__ import annotations
 

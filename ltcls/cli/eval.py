@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ltcls.cli.use import parser, run_command
+from ltcls.rundir import refuse_run_files
 
 EPILOG = """\
 writes OUT/metrics.json (the same keys as training's metrics.json, and for the same split and checkpoint the
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        refuse_run_files(args.out)  # e.g. --out RUN_DIR would replace training's metrics.json
     # The engine (torch, timm, matplotlib) is imported only now that the arguments are parsed.
     from ltcls.stage2.inference import evaluate_run, load_run, summary_table  # lazy: --help without torch
 

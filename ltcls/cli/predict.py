@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ltcls.cli.use import parser, run_command
+from ltcls.rundir import refuse_run_files
 
 EPILOG = """\
 PATH: image files or folders (searched recursively for files PIL reads). Images go through the run's eval
@@ -34,6 +35,7 @@ def _predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {args.out}: expected a .csv or .json file")
+    refuse_run_files(out)
     # The engine (torch, timm) is imported only now that the arguments are parsed.
     from ltcls.stage2.inference import load_run, predict_run, save_predictions  # lazy: --help without torch
 

@@ -150,7 +150,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     Exit status: 0 done (or already finished), 2 a user error found before training (one line), 1 a run that
     failed cleanly (disk full, non-finite loss, unreadable image: one line), 130 / 143 stopped by SIGINT /
     SIGTERM. ``--debug`` / ``LTCLS_DEBUG=1`` show the traceback of the one-line errors."""
-    return run_command(build_train_parser(), argv, _train, expected=())
+    return run_command(build_train_parser(), argv, _train, expected=(), ctrl_c=False)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -164,8 +164,10 @@ def _train(args: argparse.Namespace) -> int:
             run_dir.refuse_existing()  # checked again under the lock
         if args.resume and not run_dir.has_checkpoint():
             raise UserError(f"--resume: no checkpoint at {run_dir.checkpoint_path}; start the run without --resume")
-    from ltcls.launch import Launch, run_training  # lazy: the engine (torch, timm) only once a run starts
-
+    try:
+        from ltcls.launch import Launch, run_training  # lazy: the engine (torch, timm) only once a run starts
+    except KeyboardInterrupt:
+        raise UserError("interrupted by SIGINT before training started (nothing was written)", 130) from None
     return run_training(Launch(run_dir, cfg, resume=args.resume, print_config=args.print_config,
                                resume_command=resume_command(run_dir), debug=args.debug))
 

@@ -44,15 +44,16 @@ def add_debug(p: argparse.ArgumentParser) -> None:
 
 def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
                 command: Callable[[argparse.Namespace], int],
-                expected: tuple[type[BaseException], ...] = USE_ERRORS) -> int:
+                expected: tuple[type[BaseException], ...] = USE_ERRORS, ctrl_c: bool = True) -> int:
     """Parse ``argv``, set up the console log (warnings only on the other ranks of a torchrun job) and run
     ``command(args)``. A :class:`UserError`, or one of ``expected``, ends the process with ``PROG: error:
     MESSAGE`` (one line) and its exit status (2 unless the error says otherwise); ``--debug`` / ``LTCLS_DEBUG=1``
-    show the traceback instead."""
+    show the traceback instead. With ``ctrl_c``, Ctrl-C is one line too (exit 130; ltcls-train handles its own:
+    a run stops at a safe point)."""
     args = p.parse_args(argv)
     setup_logging(logging.INFO if is_main_process() else logging.WARNING)
     try:
-        return command(args)
+        return _interruptible(command, args, ctrl_c)
     except UserError as e:
         if debug_requested(args.debug):
             raise (e.__cause__ or e) from None
@@ -62,3 +63,12 @@ def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
             raise
         p.exit(2, f"{p.prog}: error: {one_line(e)}\n")
     return 2  # not reached: p.exit raises SystemExit
+
+
+def _interruptible(command: Callable[[argparse.Namespace], int], args: argparse.Namespace, ctrl_c: bool) -> int:
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        if not ctrl_c or debug_requested(args.debug):
+            raise
+        raise UserError("interrupted by SIGINT (an output being written is either complete or absent)", 130) from None

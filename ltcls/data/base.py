@@ -1,4 +1,5 @@
-"""Dataset interface shared by every builder, and the dataset / sampler registries."""
+"""The dataset interface shared by every builder: what the engine asks of a split, image splits, the splits of a
+dataset."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-
-from ltcls.registries import DATASETS, SAMPLERS  # noqa: F401  (the modules that register import them from here)
 
 
 @dataclass(frozen=True)

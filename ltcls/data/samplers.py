@@ -1,4 +1,5 @@
 """Class-aware samplers for decoupled training (Kang et al., ICLR 2020), distributed-ready.
+from ltcls.registries import SAMPLERS
 
 Every sampler draws one GLOBAL index sequence per epoch from a generator seeded by (seed, epoch) alone, so
 all ranks agree on it without communication; the sequence is padded by wrapping around to a multiple of
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ltcls.data.base import SAMPLERS
+from ltcls.registries import SAMPLERS
 
 _SEED_STRIDE = 1_000_003
 

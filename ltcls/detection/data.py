@@ -29,7 +29,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.transforms.functional import pil_to_tensor
 
-from ltcls.data.base import DATASETS, DataSplits, SplitBase, sample_seed
+from ltcls.data.base import DataSplits, SplitBase, sample_seed
+from ltcls.registries import DATASETS
 
 log = logging.getLogger("ltcls")
 

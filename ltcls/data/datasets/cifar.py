@@ -10,8 +10,9 @@ from collections.abc import Callable
 import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from ltcls.data.base import DATASETS, ArrayDataset, DataSplits
+from ltcls.data.base import ArrayDataset, DataSplits
 from ltcls.data.tools.profiles import lt_counts, select_lt
+from ltcls.registries import DATASETS
 
 logger = logging.getLogger(__name__)
 

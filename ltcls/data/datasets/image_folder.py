@@ -16,8 +16,9 @@ from typing import Literal
 from PIL import Image
 from torchvision.datasets.folder import find_classes, make_dataset
 
-from ltcls.data.base import DATASETS, DataSplits
+from ltcls.data.base import DataSplits
 from ltcls.data.datasets.split_file import FileListDataset
+from ltcls.registries import DATASETS
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 
-from ltcls.data.base import DATASETS, DataSplits
+from ltcls.data.base import DataSplits
 from ltcls.data.datasets.benchmark_files import BadImage, check_root, finish
 from ltcls.data.datasets.split_file import EntryChecker, SplitList, read_split_file
+from ltcls.registries import DATASETS
 
 logger = logging.getLogger(__name__)
 

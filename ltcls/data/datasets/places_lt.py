@@ -7,9 +7,10 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 
-from ltcls.data.base import DATASETS, DataSplits
+from ltcls.data.base import DataSplits
 from ltcls.data.datasets.benchmark_files import BadImage, check_root, class_names_from_paths, finish, split_files
 from ltcls.data.datasets.split_file import PathMap, SplitList, read_split_file
+from ltcls.registries import DATASETS
 
 logger = logging.getLogger(__name__)
 

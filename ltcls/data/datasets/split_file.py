@@ -23,7 +23,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from ltcls.data.base import DATASETS, DataSplits, ImageFileList, LTDataset
+from ltcls.data.base import DataSplits, ImageFileList, LTDataset
+from ltcls.registries import DATASETS
 
 logger = logging.getLogger(__name__)
 
@@ -381,12 +382,6 @@ def warn_empty_classes(split: SplitList, num_classes: int, classes: Sequence[str
         logger.warning("%s: %d of %d classes have no training image: %s%s", split.source, len(empty),
                        num_classes, ", ".join(names), more)
     return empty
-
-
-def read_split(split: str, root: str, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
-    """Parse and check one split file; returns (relative paths, labels). See :func:`read_split_file`."""
-    entries = read_split_file(split, root, num_classes)
-    return entries.paths, entries.labels
 
 
 @DATASETS.register("split_file")
