@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``ltcls-data``: returns the exit status (0 ok, 1 problems found by verify, 2 unusable input)."""
-    return run_command(build_parser(), argv, _run, expected=DATA_ERRORS)
+    return run_command(build_parser(), argv, _run, expected=DATA_ERRORS, name=lambda args: f"ltcls-data {args.command}")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -44,24 +44,26 @@ def add_debug(p: argparse.ArgumentParser) -> None:
 
 def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
                 command: Callable[[argparse.Namespace], int],
-                expected: tuple[type[BaseException], ...] = USE_ERRORS, ctrl_c: bool = True) -> int:
+                expected: tuple[type[BaseException], ...] = USE_ERRORS, ctrl_c: bool = True,
+                name: Callable[[argparse.Namespace], str] | None = None) -> int:
     """Parse ``argv``, set up the console log (warnings only on the other ranks of a torchrun job) and run
     ``command(args)``. A :class:`UserError`, or one of ``expected``, ends the process with ``PROG: error:
     MESSAGE`` (one line) and its exit status (2 unless the error says otherwise); ``--debug`` / ``LTCLS_DEBUG=1``
     show the traceback instead. With ``ctrl_c``, Ctrl-C is one line too (exit 130; ltcls-train handles its own:
-    a run stops at a safe point)."""
+    a run stops at a safe point). ``name(args)``: the command's name in the message (default: the program's)."""
     args = p.parse_args(argv)
     setup_logging(logging.INFO if is_main_process() else logging.WARNING)
+    prog = name(args) if name is not None else p.prog
     try:
         return _interruptible(command, args, ctrl_c)
     except UserError as e:
         if debug_requested(args.debug):
             raise (e.__cause__ or e) from None
-        p.exit(e.code, f"{p.prog}: error: {e}\n")
+        p.exit(e.code, f"{prog}: error: {e}\n")
     except expected as e:
         if debug_requested(args.debug):
             raise
-        p.exit(2, f"{p.prog}: error: {one_line(e)}\n")
+        p.exit(2, f"{prog}: error: {one_line(e)}\n")
     return 2  # not reached: p.exit raises SystemExit
 
 

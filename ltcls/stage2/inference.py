@@ -49,18 +49,9 @@ from ltcls.reporting import (
 )
 from ltcls.results import EvalReport, Nested, Values
 from ltcls.rundir import METRICS, NotFinishedError, RunDir
-from ltcls.stage2.runner import method_of
+from ltcls.stage2.runner import ClassFacts, method_of
 
 log = logging.getLogger("ltcls")
-
-
-@dataclass
-class ClassFacts:
-    """What building a classification model and loss needs of the data, read from a run's files."""
-
-    num_classes: int
-    class_counts: np.ndarray
-    class_names: list[str]
 
 
 @dataclass

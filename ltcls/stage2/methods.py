@@ -38,7 +38,7 @@ from ltcls.models.dual_head import dual_head_average, dual_head_rule, dual_head_
 from ltcls.registries import METHODS
 from ltcls.reporting import tau_sweep_figure
 from ltcls.results import EvalReport, Nested, Values
-from ltcls.stage2.runner import Plan, Rows, Stage2Context, Stage2Method
+from ltcls.stage2.runner import ClassFacts, Plan, Rows, Stage2Context, Stage2Method
 
 log = logging.getLogger("ltcls")
 
@@ -174,12 +174,12 @@ class DecoupledMethod(Stage2Method):
         """The (untrained) head a finished run of this method predicts with; None: the stage-1 head's type."""
         return None
 
-    def inference_model(self, cfg: Config, stage1_model: nn.Module, num_classes: int, ckpt: Checkpoint
+    def inference_model(self, cfg: Config, stage1_model: nn.Module, data: ClassFacts, ckpt: Checkpoint
                         ) -> nn.Module:
         if not isinstance(stage1_model, LTModel):
             raise ValueError(f"--stage2 {cfg.stage2.method} applies to classification models, got "
                              f"{type(stage1_model).__name__}")
-        head = self.inference_head(cfg, stage1_model.num_features, num_classes, ckpt)
+        head = self.inference_head(cfg, stage1_model.num_features, data.num_classes, ckpt)
         if head is not None:
             stage1_model.classifier = head
         return stage1_model

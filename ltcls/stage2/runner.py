@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
 from ltcls.config import Config
@@ -78,6 +79,16 @@ class Plan:
     tau: float | None = None
 
 
+@dataclass
+class ClassFacts:
+    """What building a classification model and loss needs of the data, read from a run's files (prediction and
+    export load a run without its dataset)."""
+
+    num_classes: int
+    class_counts: np.ndarray
+    class_names: list[str]
+
+
 class Stage2Method:
     """Base of the registered stage-2 methods."""
 
@@ -85,10 +96,11 @@ class Stage2Method:
         """How the method trains (or evaluates) on the finished stage-1 run."""
         raise NotImplementedError
 
-    def inference_model(self, cfg: Config, stage1_model: nn.Module, num_classes: int, ckpt: Checkpoint
+    def inference_model(self, cfg: Config, stage1_model: nn.Module, data: ClassFacts | DataSplits, ckpt: Checkpoint
                         ) -> nn.Module:
         """The module a finished run of this method predicts with, before its checkpoint's weights are loaded:
-        ``stage1_model`` (the stage-1 architecture) with the method's head or wrapper."""
+        ``stage1_model`` (the stage-1 architecture) with the method's head or wrapper; ``data``: the run's data,
+        or the facts about it its files give (number of classes, class counts, names)."""
         raise NotImplementedError
 
     def inference_task(self, cfg: Config, task: Task) -> Task:
