@@ -181,7 +181,8 @@ def _run(launch: Launch, cfg: C.Config, prepared: Prepared, ckpt: Checkpoint | N
     except Interrupted as e:
         hint = (f"resume with: {launch.resume_command}" if e.has_checkpoint else
                 "no checkpoint was written yet, so there is nothing to resume: run the same command again")
-        sys.stderr.write(f"ltcls-train: {e}; {hint}\n")
+        if main:  # one line for the job, not one per process
+            sys.stderr.write(f"ltcls-train: {e}; {hint}\n")
         return e.exit_code
     finally:
         if reporter is not None:

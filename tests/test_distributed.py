@@ -39,14 +39,10 @@ def _train_args(work_dir: Path, *extra: str) -> list[str]:
 
 
 def _test_logits(run: Path) -> torch.Tensor:
-    from ltcls import config as C
-    from ltcls.engine import build_run, predict
+    from ltcls.stage2.inference import load_run
 
-    cfg = C.load(run / "config.yaml")
-    data, model, _ = build_run(cfg)
-    model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
-    loader = torch.utils.data.DataLoader(data.test, batch_size=100)
-    return predict(model, loader, torch.device("cpu"), progress=False)[0]
+    loaded = load_run(run)
+    return loaded.runner().predict(loaded.model, loaded.data.test, progress=False)[0]
 
 
 def _same_run(a: Path, b: Path, exact: bool = False) -> None:
@@ -100,5 +96,26 @@ def test_two_process_resume_matches_uninterrupted(tmp_path):
     assert r.returncode != 0 and not (broken / "metrics.json").exists()
     assert torch.load(broken / "checkpoint.pt", weights_only=True)["epoch"] == 2
     r = _torchrun(str(WORKER), "train", "--", "--work-dir", str(broken), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    _same_run(full, broken, exact=True)
+
+
+@pytest.mark.slow  # three torchrun launches: ~2 min on 2 cores
+def test_torchrun_interrupt_prints_a_torchrun_resume_that_works(tmp_path):
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    r = _torchrun(str(WORKER), "train", "--", *_train_args(full, "train.checkpoint_on_signal=true",
+                                                            "train.log_interval=1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _torchrun(str(WORKER), "stop", "10", "--", *_train_args(broken, "train.checkpoint_on_signal=true",
+                                                                 "train.log_interval=1"))
+    assert r.returncode != 0 and not (broken / "metrics.json").exists(), r.stderr[-3000:]
+    hint = [ln for ln in r.stderr.splitlines() if ln.startswith("ltcls-train:") and "resume with: " in ln]
+    assert len(hint) == 1, r.stderr[-3000:]  # rank 0 alone says it
+    command = hint[0].split("resume with: ", 1)[1].split()
+    assert command == ["torchrun", "--nproc-per-node", "2", "-m", "ltcls.cli", "train", "--work-dir", str(broken),
+                       "--resume"]
+    one = _single("--work-dir", str(broken), "--resume")  # another number of processes changes the result
+    assert one.returncode == 2 and "was trained with 2 process(es) but this command runs 1" in one.stderr
+    r = _torchrun(str(WORKER), "train", "--", *command[command.index("--work-dir"):])
     assert r.returncode == 0, r.stderr[-3000:]
     _same_run(full, broken, exact=True)

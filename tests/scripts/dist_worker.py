@@ -2,6 +2,7 @@
 
     dist_worker.py train -- ARGS...      run `ltcls-train ARGS` in float64
     dist_worker.py crash N -- ARGS...    the same, interrupted at the start of epoch N
+    dist_worker.py stop N -- ARGS...     the same, stopped after optimizer step N as by SIGTERM (every rank)
     dist_worker.py seesaw OUT_DIR        feed rank-specific label shards to a Seesaw loss, write its counts
 
 Training runs in float64 (default dtype; ToTensor follows it) so that comparisons across process
@@ -38,6 +39,15 @@ def crash(epoch: int, argv: list[str]) -> int:
         return 3
 
 
+def stop(step: int, argv: list[str]) -> int:
+    import ltcls.engine.trainer as trainer_mod
+    from ltcls.cli import main
+
+    polls = iter(range(1, 10**9))
+    trainer_mod.stop_requested = lambda: next(polls) == step  # polled once per optimizer step
+    return main(argv)
+
+
 def seesaw(out_dir: Path) -> int:
     from ltcls.losses.base import build_loss
 
@@ -60,6 +70,8 @@ if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
     if sys.argv[1] == "crash":
         sys.exit(crash(int(sys.argv[2]), sys.argv[4:]))
+    if sys.argv[1] == "stop":
+        sys.exit(stop(int(sys.argv[2]), sys.argv[4:]))
     from ltcls.cli import main
 
     sys.exit(main(sys.argv[3:]))
