@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ltcls import config as C
 from ltcls.cli.use import LOG_FORMAT, setup_logging
+from ltcls.io import WriteError
 from ltcls.plugins import load_plugins
 from ltcls.registries import METHODS
 from ltcls.stage2.presets import describe_methods, finished_run_config, stage2_base_config
@@ -222,7 +223,7 @@ def _resume_config(ckpt: Path, given: C.Config | None) -> C.Config:
     else:
         cfg = C.resolve(stored, source=f"{ckpt} (the config stored in it)")
         if cfg_file.is_file():
-            on_disk = C.load(cfg_file)
+            on_disk = C.load(cfg_file, allow_empty=True)  # emptied: the difference names the keys
             if on_disk != cfg:
                 raise CommandError(f"--resume: {cfg_file} disagrees with the config stored in {ckpt} on "
                                    f"{_changes(cfg, on_disk, 'checkpoint', 'config.yaml')}; the checkpoint's is the "
@@ -365,13 +366,13 @@ def _run(args: argparse.Namespace, cfg: C.Config, work_dir: Path, run: object, t
     from ltcls.engine import Stage, Trainer  # lazy: as above
     from ltcls.engine.checkpoint import CheckpointError, load_checkpoint  # lazy: as above
     from ltcls.engine.distributed import cleanup, init_distributed  # lazy: as above
-    from ltcls.engine.rundir import DiskFullError, RunDirError, atomic_write_text, remove_stale_temps  # lazy: as above
+    from ltcls.engine.rundir import RunDirError, atomic_write_text, remove_stale_temps  # lazy: as above
     from ltcls.engine.signals import GracefulInterrupt, Interrupted  # lazy: as above
     from ltcls.engine.trainer import TrainingDiverged  # lazy: as above
     from ltcls.reporting import Reporter  # lazy: as above
     from ltcls.stage2.runner import run_stage2  # lazy: as above
 
-    failures = (CheckpointError, DiskFullError, RunDirError, TrainingDiverged, BadImageError)
+    failures = (CheckpointError, WriteError, RunDirError, TrainingDiverged, BadImageError)  # WriteError: disk full
     with user_errors(failures, code=1):
         if main:
             remove_stale_temps(work_dir)

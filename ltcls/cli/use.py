@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from ltcls.io import WriteError
 from ltcls.plugins import load_plugins
 
 #: Failures reported as one line (a missing file, a bad value, an unknown name); an unreadable or unfitting
@@ -49,7 +50,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
                 command: Callable[[argparse.Namespace], int]) -> int:
     """Parse ``argv``, set up logging and run ``command(args)``; an expected failure ends the process with
-    ``PROG: error: MESSAGE`` (one line) and exit status 2."""
+    ``PROG: error: MESSAGE`` (one line) and exit status 2 (1 for an output that could not be written)."""
     args = p.parse_args(argv)
     setup_logging()
     try:
@@ -61,5 +62,6 @@ def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
             if not isinstance(e, CheckpointError):
                 raise  # an internal error: its traceback
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        p.exit(2, f"{p.prog}: error: {' '.join(str(message).split())}\n")
+        code = 1 if isinstance(e, WriteError) else 2  # an output that could not be written (disk full): exit 1
+        p.exit(code, f"{p.prog}: error: {' '.join(str(message).split())}\n")
     return 2  # not reached: p.exit raises SystemExit

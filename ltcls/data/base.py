@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ltcls.data.images import to_rgb
 from ltcls.registries import DATASETS, SAMPLERS  # noqa: F401  (the modules that register import them from here)
 
 
@@ -101,7 +102,7 @@ class ArrayDataset(LTDataset):
         self.images = images
 
     def load(self, index: int) -> Image.Image:
-        return Image.fromarray(self.images[index]).convert("RGB")
+        return to_rgb(Image.fromarray(self.images[index]))
 
 
 class Split(Protocol):

@@ -30,12 +30,18 @@ class DistInfo:
         return self.world_size > 1
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``; 1 without torchrun), known before the process
+    group exists (the start-up checks use it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), once.
 
     The backend is NCCL when the run uses CUDA, gloo otherwise; each process uses GPU ``LOCAL_RANK``.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     if world <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -5,8 +5,8 @@ holder's PID into it. The kernel drops the lock when the process ends however it
 so a killed run never leaves a stale lock: the ``.lock`` file itself stays and is harmless. A second run
 into the same directory gets :class:`RunDirBusy` naming the directory and the holder's PID.
 
-:func:`atomic_write` writes a file next to its destination (``NAME.tmp``), fsyncs it and renames it over the
-destination, so a reader sees the old file or the new one, never half of one; on failure the temporary file
+:func:`atomic_write` writes a file next to its destination (``.NAME.<random>.tmp``), fsyncs it and renames it over
+the destination, so a reader sees the old file or the new one, never half of one; on failure the temporary file
 is removed, and a full disk is reported as :class:`DiskFullError` ("no space left on device while writing
 PATH"). :func:`remove_stale_temps` removes the ``*.tmp`` a killed write left behind.
 
@@ -27,7 +27,6 @@ from ltcls.io import (  # noqa: F401  (re-exported: the engine's writers import 
     atomic_write,
     atomic_write_text,
     is_disk_full,
-    tmp_path_of,
 )
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
@@ -38,6 +37,7 @@ from ltcls.engine.stage import Stage
 from ltcls.engine.tasks import Task, build_stage_loss, build_task, seed_everything
 from ltcls.engine.trainer import CHECKPOINT, Trainer, resolve_device
 from ltcls.export import DualHeadClassifier, LossScores, export_torchscript
+from ltcls.io import AtomicFiles
 from ltcls.losses.base import LTLoss
 from ltcls.losses.logit_adjusted import logit_adjust
 from ltcls.metrics import GROUPS, accuracy_report, calibration_report, confusion_matrix, per_class_table
@@ -51,6 +51,7 @@ from ltcls.reporting import (
     confusion_matrix_figure,
     per_class_figure,
     reliability_figure,
+    save_figure,
     write_json,
     write_per_class_csv,
 )
@@ -272,25 +273,26 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
     if run.tau is not None:
         report["tau"] = run.tau
     run.task.report(report, ctx)
-    if isinstance(evaluator, ClassificationEvaluator):
-        logits, labels = evaluator.outputs()
-        _classification_reports(run, report, logits, labels, ctx.logit_adjust_tau, out)
-        if run.dual_head is not None:
-            scores, labels = trainer.predict_dataset(run.dual_head, dataset, "eval dual head")
-            e = run.cfg.eval
-            r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), run.class_counts, e.many_threshold,
-                                e.few_threshold)
-            s2 = run.cfg.stage2
-            report["dual_head"] = {"threshold": s2.dual_head_threshold, "weight": s2.combine_weight,
-                                   "combine": dual_head_rule(s2.combine, s2.dual_head_threshold),
-                                   "combined": {k: r[k] for k in ("overall", "mean_per_class", *GROUPS)}}
-    write_json(out / "metrics.json", report)
+    with AtomicFiles() as files:  # every output is renamed into place only once all are written; none on failure
+        if isinstance(evaluator, ClassificationEvaluator):
+            logits, labels = evaluator.outputs()
+            _classification_reports(run, report, logits, labels, ctx.logit_adjust_tau, out, files)
+            if run.dual_head is not None:
+                scores, labels = trainer.predict_dataset(run.dual_head, dataset, "eval dual head")
+                e = run.cfg.eval
+                r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), run.class_counts, e.many_threshold,
+                                    e.few_threshold)
+                s2 = run.cfg.stage2
+                report["dual_head"] = {"threshold": s2.dual_head_threshold, "weight": s2.combine_weight,
+                                       "combine": dual_head_rule(s2.combine, s2.dual_head_threshold),
+                                       "combined": {k: r[k] for k in ("overall", "mean_per_class", *GROUPS)}}
+        write_json(out / "metrics.json", report, files)  # renamed last: its presence marks a complete set
     log.info("wrote %s", out / "metrics.json")
     return report
 
 
 def _classification_reports(run: LoadedRun, report: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor,
-                            logit_adjust_tau: float, out: Path) -> None:
+                            logit_adjust_tau: float, out: Path, files: AtomicFiles | None = None) -> None:
     e, counts, names = run.cfg.eval, run.class_counts, run.class_names
     if logit_adjust_tau:
         logits = logit_adjust(logits, counts, logit_adjust_tau)
@@ -300,7 +302,7 @@ def _classification_reports(run: LoadedRun, report: dict[str, Any], logits: torc
     report.update({k: cal[k] for k in ("ece", "ece_many", "ece_medium", "ece_few", "nll")},
                   calibration_bins=cal["bins"])
     rows = per_class_table(preds, labels_np, counts, names, e.many_threshold, e.few_threshold)
-    write_per_class_csv(out / "per_class.csv", rows)
+    write_per_class_csv(out / "per_class.csv", rows, files)
     figures = {
         "reliability.png": reliability_figure(cal["bins"], cal["ece"], f"reliability diagram ({report['split']})"),
         "confusion_matrix.png": confusion_matrix_figure(confusion_matrix(preds, labels_np, len(counts)), counts,
@@ -311,8 +313,7 @@ def _classification_reports(run: LoadedRun, report: dict[str, Any], logits: torc
             names),
     }
     for name, fig in figures.items():
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
+        save_figure(out / name, fig, files)
 
 
 def summary_table(report: dict[str, Any], keys: Sequence[str]) -> str:
