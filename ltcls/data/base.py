@@ -107,9 +107,11 @@ class ArrayDataset(LTDataset):
 
 class Split(Protocol):
     """What the engine needs of any split (an :class:`LTDataset` for classification, LVIS images for
-    detection): its length, number of classes and per-class training counts."""
+    detection): its length, number of classes, one label per sample (what the samplers draw from) and
+    per-class training counts."""
 
     num_classes: int
+    targets: np.ndarray
 
     def __len__(self) -> int: ...
 

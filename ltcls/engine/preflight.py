@@ -90,9 +90,8 @@ def check_epoch(cfg: Config, data: DataSplits, world_size: int | None = None) ->
     ``ConfigError`` naming ``train.batch_size`` otherwise); a batch larger than the epoch is a warning (each epoch
     is then one step on fewer images than ``train.batch_size``)."""
     t, world = cfg.train, launched_world_size() if world_size is None else world_size
-    train = data.train
-    sampler = build_sampler(cfg.sampler.to_dict(), getattr(train, "targets", None), seed=t.seed, epochs=t.epochs,
-                            num_replicas=world, dataset=train)
+    sampler = build_sampler(cfg.sampler.to_dict(), data.train.targets, seed=t.seed, epochs=t.epochs,
+                            num_replicas=world, dataset=data.train)
     per_process = len(sampler)
     micro = t.batch_size // (world * t.accum_steps)
     batches = micro_batches_per_epoch(per_process, micro)
