@@ -404,17 +404,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def load_yaml(path: str | Path) -> PlainConfig:
-    """Read a yaml config file (``yaml.safe_load``); errors name the file."""
+def load_yaml(path: str | Path, allow_empty: bool = False) -> PlainConfig:
+    """Read a yaml config file (``yaml.safe_load``); errors name the file.
+
+    A file without content (empty, blank or only comments) is an error unless ``allow_empty`` (it would train
+    the built-in defaults without a word); ``{}`` says "the defaults" on purpose and is accepted."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder (expected a yaml file, e.g. configs/digits_lt_ce.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid yaml: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not a text file (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start} is not UTF-8; expected a yaml file)") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     if data is None:
-        return {}
+        if allow_empty:
+            return {}
+        raise ConfigError(f"config file {path} is empty (expected a yaml mapping of sections such as 'train:'; "
+                          "write '{}' to use the built-in defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return data
@@ -517,9 +530,10 @@ def _resolve_section(section: str, given: Params, from_set: set[str], file_secti
     return values
 
 
-def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """A config file resolved (defaults <- the file <- ``overrides``); errors name the file."""
-    return resolve(load_yaml(path), overrides, source=str(path))
+def load(path: str | Path, overrides: Sequence[str] = (), allow_empty: bool = False) -> Config:
+    """A config file resolved (defaults <- the file <- ``overrides``); errors name the file (an empty file is
+    one, unless ``allow_empty``: see :func:`load_yaml`)."""
+    return resolve(load_yaml(path, allow_empty), overrides, source=str(path))
 
 
 def differences(a: Config, b: Config, name_a: str = "a", name_b: str = "b") -> str:

@@ -27,7 +27,7 @@ from ltcls.engine.stage import Stage
 from ltcls.engine.tasks import Run, Task, build_task
 from ltcls.engine.trainer import Trainer, TrainingDiverged
 from ltcls.errors import INPUT_ERRORS, LOG_FORMAT, UserError, is_main_process, user_errors, world_size
-from ltcls.io import DiskFullError
+from ltcls.io import WriteError
 from ltcls.reporting import Reporter
 from ltcls.results import EvalReport
 from ltcls.rundir import RunDir, RunDirError
@@ -36,8 +36,8 @@ from ltcls.stage2.runner import Stage1, load_stage1, run_stage2
 log = logging.getLogger("ltcls")
 
 #: Failures of a run that started (one line, exit 1).
-RUN_FAILURES: tuple[type[BaseException], ...] = (CheckpointError, DiskFullError, RunDirError, TrainingDiverged,
-                                                 BadImageError)
+RUN_FAILURES: tuple[type[BaseException], ...] = (CheckpointError, WriteError, RunDirError, TrainingDiverged,
+                                                 BadImageError)  # WriteError: a full disk, an unwritable file
 
 
 @dataclass
@@ -120,7 +120,7 @@ def resume_config(run_dir: RunDir, ckpt: Checkpoint, given: C.Config | None) -> 
         cfg = run_dir.config()
     else:
         cfg = C.resolve(ckpt.config, source=f"{ckpt_path} (the config stored in it)")
-        if run_dir.config_path.is_file() and (on_disk := run_dir.config()) != cfg:
+        if run_dir.config_path.is_file() and (on_disk := run_dir.config(allow_empty=True)) != cfg:
             raise UserError(f"--resume: {run_dir.config_path} disagrees with the config stored in {ckpt_path} on "
                             f"{C.differences(cfg, on_disk, 'checkpoint', 'config.yaml')}; the checkpoint's is the "
                             "config the run trained with: restore config.yaml (or delete it to have it rewritten "

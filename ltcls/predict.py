@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -16,7 +17,9 @@ import torch
 
 from ltcls.data.base import SplitBase
 from ltcls.data.datasets.image_folder import image_extensions
-from ltcls.data.datasets.split_file import open_rgb, transform_min_size
+from ltcls.data.datasets.split_file import transform_min_size
+from ltcls.data.images import open_rgb
+from ltcls.io import atomic_write_text
 from ltcls.results import Evaluation
 
 logger = logging.getLogger(__name__)
@@ -52,8 +55,8 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[
 class ImageFiles(SplitBase):
     """Image files through ``transform``; an item is ``(index, tensor, None)``, or ``(index, None, error)``
     for a file PIL cannot open or decode (so the caller can report and skip it). JPEGs are decoded at the
-    reduced size the transform allows (:func:`ltcls.data.split_file.open_rgb`). Batches are
-    ``(indices, images or None, [(index, error), ...])`` (:attr:`collate_fn`)."""
+    reduced size the transform allows (:func:`ltcls.data.images.open_rgb`: every PIL mode as 8-bit RGB). Batches
+    are ``(indices, images or None, [(index, error), ...])`` (:attr:`collate_fn`)."""
 
     collate_fn = staticmethod(_collate)
 
@@ -131,21 +134,33 @@ class TopK:
         return Evaluation()
 
 
-def write_predictions_csv(path: str | Path, predictions: Predictions) -> None:
+def predictions_csv(predictions: Predictions) -> str:
     """CSV ``path,top1,prob1,top2,prob2,...`` (class names, probabilities with 6 decimals), one row an image.
-    Unreadable files are not rows (see :func:`write_predictions_json`, or ``predictions.unreadable``)."""
+    Unreadable files are not rows (see :func:`predictions_json`, or ``predictions.unreadable``)."""
     header = ["path"] + [f"{name}{r}" for r in range(1, predictions.topk + 1) for name in ("top", "prob")]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in predictions.rows:
-            cells = [row["path"]]
-            for c, p in zip(row["classes"], row["probs"]):
-                cells += [c, f"{p:.6f}"]
-            writer.writerow(cells)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for row in predictions.rows:
+        cells = [row["path"]]
+        for c, p in zip(row["classes"], row["probs"]):
+            cells += [c, f"{p:.6f}"]
+        writer.writerow(cells)
+    return text.getvalue()
 
 
-def write_predictions_json(path: str | Path, predictions: Predictions) -> None:
+def predictions_json(predictions: Predictions) -> str:
     """JSON ``{"topk": k, "predictions": [{"path", "classes", "probs"}, ...], "unreadable": [{"path", "error"}]}``."""
     data = {"topk": predictions.topk, "predictions": predictions.rows, "unreadable": predictions.unreadable}
-    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return json.dumps(data, indent=2) + "\n"
+
+
+def write_predictions_csv(path: str | Path, predictions: Predictions, replace: bool = True) -> None:
+    """Write :func:`predictions_csv` to ``path`` atomically (:func:`ltcls.io.atomic_write_text`: never a partial
+    or empty file); ``replace=False`` never replaces an existing file (``FileExistsError``)."""
+    atomic_write_text(path, predictions_csv(predictions), replace)
+
+
+def write_predictions_json(path: str | Path, predictions: Predictions, replace: bool = True) -> None:
+    """Write :func:`predictions_json` to ``path`` atomically, as :func:`write_predictions_csv`."""
+    atomic_write_text(path, predictions_json(predictions), replace)

@@ -16,11 +16,12 @@ from ltcls.registry import Registry
 DATASETS = Registry("dataset", runtime=("train_transform", "eval_transform"),
                     common="ltcls.data.transforms:build_transforms")
 #: Samplers take their hyper-parameters from ``sampler.*``; the trainer passes the runtime facts.
-SAMPLERS = Registry("sampler", runtime=("targets", "seed", "epochs", "num_replicas", "rank", "dataset"))
+SAMPLERS = Registry("sampler", runtime=("targets", "seed", "epochs", "num_replicas", "rank", "dataset"),
+                    section="sampler")
 #: Classifier heads: ``(in_features, num_classes, **hyperparams)``.
-CLASSIFIERS = Registry("classifier", runtime=("in_features", "num_classes"))
+CLASSIFIERS = Registry("classifier", runtime=("in_features", "num_classes"), section="classifier")
 #: Losses: runtime facts ``num_classes`` and ``class_counts`` come from the data.
-LOSSES = Registry("loss", runtime=("num_classes", "class_counts"))
+LOSSES = Registry("loss", runtime=("num_classes", "class_counts"), section="loss")
 #: Tasks: how the shared Trainer builds, trains and evaluates a run of a kind of dataset.
 TASKS = Registry("task")
 #: Decoupled second stages (``ltcls-train --stage2 METHOD``). Metadata: ``task`` (the kind of stage-1 run

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -35,13 +36,16 @@ class Registry:
     decorator, in that module) attaches the object. ``register`` raises ``ValueError`` on a duplicate name;
     ``get`` raises ``KeyError`` listing the registered names (and the closest one) on an unknown name.
     ``common`` is a callable (or ``'module:attr'``) whose keyword arguments every entry accepts too (the
-    transform keys of every dataset).
+    transform keys of every dataset). ``section``: the config section whose keys are the entries' parameters
+    (``'loss'``); a constructor's ``ValueError`` about a parameter is then re-raised naming the key
+    (``loss.p``), see :meth:`build`.
     """
 
-    def __init__(self, kind: str, runtime: Iterable[str] = (), common: str | Callable[..., Any] | None = None
-                 ) -> None:
+    def __init__(self, kind: str, runtime: Iterable[str] = (), common: str | Callable[..., Any] | None = None,
+                 section: str | None = None) -> None:
         self.kind = kind
         self.runtime = frozenset(runtime)
+        self.section = section
         self._common = common
         self._items: dict[str, Callable[..., Any]] = {}
         self._modules: dict[str, str] = {}
@@ -121,7 +125,9 @@ class Registry:
         """Construct ``name`` with the config's ``params`` and the runtime facts it accepts.
 
         Runtime facts the constructor does not take are dropped (a plain cross-entropy does not
-        need class counts); an unknown hyper-parameter is an error naming it.
+        need class counts); an unknown hyper-parameter is an error naming it. With a ``section``, a
+        ``ValueError`` of the constructor whose message names some of the given parameters is re-raised as
+        ``SECTION.KEY=VALUE (SECTION 'NAME'): MESSAGE``, so the user sees which config key to change.
         """
         params = dict(params or {})
         params.pop("name", None)
@@ -138,10 +144,25 @@ class Registry:
                 )
         sig = inspect.signature(self.get(name)).parameters
         accepts_any = any(p.kind == p.VAR_KEYWORD for p in sig.values())
+        hyper = dict(params)
         for key, value in runtime.items():
             if key in sig or accepts_any:
                 params[key] = value
-        return self.get(name)(**params)
+        try:
+            return self.get(name)(**params)
+        except ValueError as e:
+            named = _named_keys(str(e), hyper) if self.section else []
+            if not named:
+                raise
+            keys = ", ".join(f"{self.section}.{k}={hyper[k]!r}" for k in named)
+            raise ValueError(f"{keys} ({self.section} '{name}'): {e}") from e
+
+
+def _named_keys(message: str, params: Mapping[str, Any]) -> list[str]:
+    """The keys of ``params`` that ``message`` mentions as words (``p`` in "p must be >= 0"), unless it already
+    names a dotted config key."""
+    return [k for k in params if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message)
+            and not re.search(rf"\w\.{re.escape(k)}\b", message)]
 
 
 def _keyword_params(obj: Callable[..., Any], skip: Iterable[str] = ()) -> dict[str, inspect.Parameter]:

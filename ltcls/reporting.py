@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from ltcls.io import atomic_write_text  # noqa: E402
+from ltcls.io import AtomicFiles, atomic_write_bytes, atomic_write_text  # noqa: E402
 from ltcls.metrics import GROUPS, shot_groups  # noqa: E402
 from ltcls.results import EvalReport  # noqa: E402
 from ltcls.rundir import RunDir  # noqa: E402
@@ -125,9 +126,14 @@ class Reporter:
             self.figure("classifier/weight_norm", fig, step)
 
     def figure(self, tag: str, fig: plt.Figure, step: int) -> None:
-        """Save ``fig`` as RUN_DIR/<prefix_tag>.png and log it to TensorBoard (the figure is closed)."""
+        """Save ``fig`` as RUN_DIR/<prefix_tag>.png (atomically: :func:`save_figure`) and log it to TensorBoard
+        (the figure is closed)."""
         name = (self.prefix + tag).replace("/", "_") + ".png"
-        fig.savefig(self.work_dir / name, dpi=100)
+        try:
+            save_figure(self.work_dir / name, fig, close=False)
+        except BaseException:
+            plt.close(fig)
+            raise
         self.writer.add_figure(self.prefix + tag, fig, step, close=True)
 
     def flush(self) -> None:
@@ -137,9 +143,39 @@ class Reporter:
         self.writer.close()
 
 
-def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write json atomically (:func:`ltcls.io.atomic_write_text`), so a crash never leaves half a file."""
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+def write_json(path: str | Path, data: Mapping[str, Any], files: AtomicFiles | None = None) -> None:
+    """Write json atomically (:func:`ltcls.io.atomic_write_text`), so a crash never leaves half a file; with
+    ``files``, as one file of that set (renamed when the set is complete)."""
+    _write_text(path, json.dumps(data, indent=2) + "\n", files)
+
+
+def _write_text(path: str | Path, text: str, files: AtomicFiles | None) -> None:
+    if files is not None:
+        files.write_text(path, text)
+    else:
+        atomic_write_text(path, text)
+
+
+def figure_png(fig: plt.Figure, dpi: int = 100) -> bytes:
+    """``fig`` rendered as PNG bytes (in memory: nothing is written)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def save_figure(path: str | Path, fig: plt.Figure, files: AtomicFiles | None = None, close: bool = True) -> None:
+    """Save ``fig`` as a PNG file, atomically (rendered in memory, then :func:`ltcls.io.atomic_write_bytes`; with
+    ``files``, as one file of that set): a full disk or a kill never leaves a partial or empty image, and the
+    previous one survives. ``close`` closes the figure (also when the write fails)."""
+    try:
+        png = figure_png(fig)
+    finally:
+        if close:
+            plt.close(fig)
+    if files is not None:
+        files.write_bytes(path, png)
+    else:
+        atomic_write_bytes(path, png)
 
 
 # ----------------------------------------------------------------------------------------- evaluation figures
@@ -251,12 +287,14 @@ def tau_sweep_figure(sweep: Sequence[Mapping[str, Any]], chosen_tau: float, crit
 PER_CLASS_COLUMNS = ("name", "train_count", "group", "test_count", "accuracy", "precision", "recall")
 
 
-def write_per_class_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+def write_per_class_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], files: AtomicFiles | None = None
+                        ) -> None:
     """Write :func:`ltcls.metrics.per_class_table` rows as CSV (undefined values as empty cells, percentages
-    with 4 decimals)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k])
-                             for k in PER_CLASS_COLUMNS})
+    with 4 decimals), atomically (with ``files``: as one file of that set)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=PER_CLASS_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k])
+                         for k in PER_CLASS_COLUMNS})
+    _write_text(path, text.getvalue(), files)

@@ -151,9 +151,10 @@ class RunDir:
         busy = f"; a run is in progress there (PID {pid})" if pid is not None else ""
         raise NotFinishedError(f"{self.path} is not a finished {what}: {name} is missing{hint}{busy}")
 
-    def config(self) -> C.Config:
-        """The resolved config the run stored (errors name the file)."""
-        return C.load(self.config_path)
+    def config(self, allow_empty: bool = False) -> C.Config:
+        """The resolved config the run stored (errors name the file; ``allow_empty``: an emptied file resolves to
+        the defaults, so a comparison names the keys that differ)."""
+        return C.load(self.config_path, allow_empty=allow_empty)
 
     def metrics(self) -> dict[str, object]:
         """The run's ``metrics.json``; an unreadable file is a ``ValueError`` naming it."""

@@ -16,7 +16,8 @@ writes OUT/metrics.json (the same keys as training's metrics.json, and for the s
 same numbers, plus class_names, ece / ece_many / ece_medium / ece_few (15 equal-width bins, percent) and nll),
 OUT/reliability.png, OUT/confusion_matrix.png (classes sorted by training count), OUT/per_class_accuracy.png
 and OUT/per_class.csv (name, train count, group, test count, accuracy, precision, recall). Detection runs give
-LVIS's metrics.
+LVIS's metrics. The files are written as one set: renamed into place (metrics.json last) only once all are
+written, so a full disk (exit 1) or an interrupt leaves OUT's previous files as they were.
 
 examples:
   ltcls-eval runs/digits_lt_ce

@@ -16,6 +16,7 @@ from ltcls.errors import (
     one_line,
     setup_logging,
 )
+from ltcls.io import WriteError
 from ltcls.plugins import load_plugins
 
 #: Failures of ltcls-eval / -predict / -export reported as one line, exit 2 (a missing file, a bad value, an
@@ -63,7 +64,8 @@ def run_command(p: argparse.ArgumentParser, argv: Sequence[str] | None,
     except expected as e:
         if debug_requested(args.debug):
             raise
-        p.exit(2, f"{prog}: error: {one_line(e)}\n")
+        code = 1 if isinstance(e, WriteError) else 2  # an output that could not be written (disk full): exit 1
+        p.exit(code, f"{prog}: error: {one_line(e)}\n")
     return 2  # not reached: p.exit raises SystemExit
 
 

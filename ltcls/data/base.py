@@ -15,6 +15,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 
+from ltcls.data.images import to_rgb
+
 @dataclass(frozen=True)
 class ImageFileList:
     """The image files a split reads from disk (for the start-up check that they open): ``paths`` under
@@ -165,7 +167,7 @@ class ArrayDataset(LTDataset):
         self.images = images
 
     def load(self, index: int) -> Image.Image:
-        return Image.fromarray(self.images[index]).convert("RGB")
+        return to_rgb(Image.fromarray(self.images[index]))
 
 
 @dataclass

@@ -30,6 +30,7 @@ from pycocotools import mask as mask_utils
 from torchvision.transforms.functional import pil_to_tensor
 
 from ltcls.data.base import DataSplits, SplitBase, sample_seed
+from ltcls.data.images import to_rgb
 from ltcls.registries import DATASETS
 
 log = logging.getLogger("ltcls")
@@ -196,7 +197,7 @@ class LVISDataset(SplitBase):
             raise FileNotFoundError(f"LVIS image {self.image_ids[index]}: {path} does not exist "
                                     f"(data.root must be the COCO 2017 folder holding train2017/ and val2017/)")
         with Image.open(path) as img:
-            return pil_to_tensor(img.convert("RGB")).float().div_(255.0)
+            return pil_to_tensor(to_rgb(img)).float().div_(255.0)
 
     def annotations(self, index: int) -> list[tuple[list[float], int, Any]]:
         """(xyxy box, label, LVIS segmentation) of each kept annotation of image ``index``."""

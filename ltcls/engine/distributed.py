@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ltcls.data.base import Split, SplitBase
+from ltcls.errors import world_size
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
     The backend is NCCL when the run uses CUDA, gloo otherwise; each process uses GPU ``LOCAL_RANK``.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,10 +1,13 @@
 """Checks run before training starts, so that a bad value, a missing split or an unreadable test image is
 reported in one line at once instead of after hours of training.
 
-What is checked: ``train.device`` is usable; the run's data builds (split files parsed, every listed image
-present: the datasets' own ``check_files``); every split the run reads exists (``eval.split``); the model and
-the loss build; the evaluation split's image files open as images (header only, see
-:func:`check_images_open`); the run directory can be created and written. Nothing here writes anything.
+What is checked: ``train.device`` is usable; ``train.batch_size`` splits into the processes (torchrun's
+``WORLD_SIZE``) and ``train.accum_steps`` (:func:`check_batch_split`); the run's data builds (split files
+parsed, every listed image present: the datasets' own ``check_files``); every split the run reads exists
+(``eval.split``); an epoch gives at least one optimizer step (a warning when the batch is larger than an
+epoch: :func:`check_epoch`); the model and the loss build; the evaluation split's image files open as images
+(header only, see :func:`check_images_open`); the run directory can be created and written. Nothing here
+writes anything.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ltcls.config import Config, ConfigError
+from ltcls.config import Config, ConfigError, TrainConfig
 from ltcls.data.base import DataSplits, Split
+from ltcls.data.build import build_sampler
 from ltcls.engine.tasks import Run, Task
+from ltcls.errors import world_size
 from ltcls.rundir import RunDirError
 
 log = logging.getLogger("ltcls")
@@ -54,6 +59,48 @@ def check_work_dir(work_dir: Path) -> None:
         what = "the run directory" if probe == path else f"its parent '{probe}'"
         raise RunDirError(f"cannot use run directory '{work_dir}': {what} is not writable (permission denied; "
                           "expected a writable folder)")
+
+
+def check_batch_split(t: TrainConfig, processes: int | None = None) -> None:
+    """``train.batch_size`` is a multiple of processes x ``train.accum_steps`` (each process runs
+    ``batch_size / (processes x accum_steps)`` images at a time): a ``ConfigError`` naming both keys and the
+    nearest batch sizes that fit otherwise. ``world_size``: default torchrun's ``WORLD_SIZE``."""
+    world = world_size() if processes is None else processes
+    unit = world * t.accum_steps
+    if t.batch_size % unit == 0:
+        return
+    lower, upper = t.batch_size - t.batch_size % unit, t.batch_size - t.batch_size % unit + unit
+    fits = " or ".join(f"train.batch_size={b}" for b in (lower, upper) if b > 0)
+    raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of the number of processes ({world}) x "
+                      f"train.accum_steps ({t.accum_steps}) = {unit} (each process runs batch_size / (processes x "
+                      f"accum_steps) images at a time); use {fits}, or change train.accum_steps")
+
+
+def micro_batches_per_epoch(samples: int, micro_batch: int) -> int:
+    """Micro-batches in an epoch of ``samples`` per process, as the trainer's loader makes them: full ones when at
+    least one fits (a last partial one is dropped), else the one partial batch. Every ``train.accum_steps`` of
+    them make an optimizer step; the micro-batches left over are not trained on."""
+    return samples // micro_batch if samples >= micro_batch else min(samples, 1)
+
+
+def check_epoch(cfg: Config, data: DataSplits, processes: int | None = None) -> None:
+    """An epoch of the train split, as the sampler draws it, gives at least one optimizer step (a
+    ``ConfigError`` naming ``train.batch_size`` otherwise); a batch larger than the epoch is a warning (each epoch
+    is then one step on fewer images than ``train.batch_size``)."""
+    t, world = cfg.train, world_size() if processes is None else processes
+    sampler = build_sampler(cfg.sampler.to_dict(), data.train.targets, seed=t.seed, epochs=t.epochs,
+                            num_replicas=world, dataset=data.train)
+    per_process = len(sampler)
+    micro = t.batch_size // (world * t.accum_steps)
+    batches = micro_batches_per_epoch(per_process, micro)
+    epoch = f"an epoch of the train split is {per_process * world} samples (sampler '{cfg.sampler.name}')"
+    if batches < t.accum_steps:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) with train.accum_steps ({t.accum_steps}) gives no "
+                          f"optimizer step: {epoch}, {batches} micro-batch(es) of up to {micro} per process, and a "
+                          f"step needs {t.accum_steps}; lower train.batch_size or train.accum_steps")
+    if t.batch_size > per_process * world:
+        log.warning("train.batch_size (%d) is larger than the epoch: %s, so every epoch is one optimizer step on "
+                    "those samples; a smaller train.batch_size trains with more steps", t.batch_size, epoch)
 
 
 def check_splits(cfg: Config, data: DataSplits) -> None:
@@ -98,7 +145,10 @@ def check_images_open(dataset: Split, split: str, workers: int | None = None) ->
 
 
 def check_data(cfg: Config, data: DataSplits) -> None:
-    """The splits the run reads exist, and the evaluation split's images open."""
+    """The batch fits the processes and the train split (:func:`check_batch_split`, :func:`check_epoch`), the
+    splits the run reads exist, and the evaluation split's images open."""
+    check_batch_split(cfg.train)
+    check_epoch(cfg, data)
     check_splits(cfg, data)
     check_images_open(data.get(cfg.eval.split), cfg.eval.split)
 
@@ -108,6 +158,7 @@ def check_run(cfg: Config, task: Task, work_dir: Path) -> Run:
     (A stage 2's checks: the command loads the stage-1 run with ``ltcls.stage2.runner.load_stage1`` and runs
     :func:`check_device`, :func:`check_work_dir` and :func:`check_data` on it.)"""
     check_device(cfg.train.device)
+    check_batch_split(cfg.train)  # before the data is built (again in check_data, the path of a stage 2)
     check_work_dir(work_dir)
     run = task.build(cfg)
     check_data(cfg, run.data)

@@ -31,6 +31,7 @@ from ltcls.engine.hooks import CheckpointHook, EpochLogHook, EvalHook, HookBase,
 from ltcls.engine.inference import InferenceRunner, resolve_device
 from ltcls.engine.loaders import LoaderFactory
 from ltcls.engine.loops import NonFiniteLossError, StepOptions, train_one_epoch
+from ltcls.engine.preflight import check_batch_split
 from ltcls.engine.signals import Interrupted, active, stop_requested
 from ltcls.engine.stage import LoopState, Stage
 from ltcls.engine.tasks import StepOutput, Task
@@ -118,9 +119,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ training
     def _setup(self, index: int, stage: Stage) -> LoopState:
         t, d = stage.train, self.dist
-        if t.batch_size % (d.world_size * t.accum_steps):
-            raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of processes "
-                             f"({d.world_size}) x train.accum_steps ({t.accum_steps})")
+        check_batch_split(t, d.world_size)
         train_set = stage.train_set if stage.train_set is not None else self.data.train
         train_set.seed_augmentation(t.seed)
         sampler = build_sampler(stage.sampler.to_dict(), train_set.targets, seed=t.seed, epochs=t.epochs,

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
@@ -32,6 +31,7 @@ from ltcls.engine.evaluation import ClassificationEvaluator, EvalContext
 from ltcls.engine.inference import InferenceRunner
 from ltcls.engine.tasks import Task, build_stage_loss, build_task, seed_everything
 from ltcls.export import DualHeadClassifier, LossScores, export_torchscript
+from ltcls.io import AtomicFiles
 from ltcls.losses.base import LTLoss
 from ltcls.losses.logit_adjusted import logit_adjust
 from ltcls.metrics import GROUPS, accuracy_report, calibration_report, confusion_matrix, per_class_table
@@ -44,6 +44,7 @@ from ltcls.reporting import (
     confusion_matrix_figure,
     per_class_figure,
     reliability_figure,
+    save_figure,
     write_json,
     write_per_class_csv,
 )
@@ -237,13 +238,14 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
     source = {"source_run": str(run.run_dir), "method": run.method, "logit_adjust_tau": ctx.logit_adjust_tau}
     report = report.with_sections(Values(source if run.tau is None else {**source, "tau": run.tau}))
     run.task.report(report, ctx)
-    if isinstance(evaluator, ClassificationEvaluator):
-        logits, labels = evaluator.outputs()
-        report = report.with_sections(_classification_reports(run, report, logits, labels, ctx.logit_adjust_tau,
-                                                              out))
-        if run.dual_head is not None:
-            report = report.with_sections(_dual_head_section(run, runner, dataset))
-    write_json(out / METRICS, report.to_json())
+    with AtomicFiles() as files:  # every output is renamed into place only once all are written; none on failure
+        if isinstance(evaluator, ClassificationEvaluator):
+            logits, labels = evaluator.outputs()
+            report = report.with_sections(_classification_reports(run, report, logits, labels,
+                                                                  ctx.logit_adjust_tau, out, files))
+            if run.dual_head is not None:
+                report = report.with_sections(_dual_head_section(run, runner, dataset))
+        write_json(out / METRICS, report.to_json(), files)  # renamed last: its presence marks a complete set
     log.info("wrote %s", out / METRICS)
     return report
 
@@ -259,7 +261,7 @@ def _dual_head_section(run: LoadedRun, runner: InferenceRunner, dataset: Split) 
 
 
 def _classification_reports(run: LoadedRun, report: EvalReport, logits: torch.Tensor, labels: torch.Tensor,
-                            logit_adjust_tau: float, out: Path) -> Values:
+                            logit_adjust_tau: float, out: Path, files: AtomicFiles) -> Values:
     """Calibration (returned as a section), ``per_class.csv`` and the figures of a classification evaluation."""
     e, counts, names = run.cfg.eval, run.class_counts, run.class_names
     if logit_adjust_tau:
@@ -268,7 +270,7 @@ def _classification_reports(run: LoadedRun, report: EvalReport, logits: torch.Te
     preds, labels_np = probs.argmax(1).numpy(), labels.numpy()
     cal = calibration_report(probs.numpy(), labels_np, counts, e.many_threshold, e.few_threshold)
     rows = per_class_table(preds, labels_np, counts, names, e.many_threshold, e.few_threshold)
-    write_per_class_csv(out / "per_class.csv", rows)
+    write_per_class_csv(out / "per_class.csv", rows, files)
     per_class = np.array([np.nan if a is None else a for a in report.accuracy.per_class], dtype=float)
     figures = {
         "reliability.png": reliability_figure(cal["bins"], cal["ece"], f"reliability diagram ({report.split})"),
@@ -279,8 +281,7 @@ def _classification_reports(run: LoadedRun, report: EvalReport, logits: torch.Te
                                                    e.few_threshold, names),
     }
     for name, fig in figures.items():
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
+        save_figure(out / name, fig, files)
     return Values({**{k: cal[k] for k in ("ece", "ece_many", "ece_medium", "ece_few", "nll")},
                    "calibration_bins": cal["bins"]})
 
@@ -335,11 +336,12 @@ def predict_run(run: LoadedRun, paths: Sequence[str | Path], topk: int = 5, batc
     return predict_images(runner, module, images, run.eval_transform(), run.class_names, topk, scores)
 
 
-def save_predictions(out: str | Path, predictions: Predictions) -> None:
-    """Write ``predictions`` as CSV or JSON, as the extension of ``out`` says (its folder is created)."""
+def save_predictions(out: str | Path, predictions: Predictions, replace: bool = True) -> None:
+    """Write ``predictions`` as CSV or JSON, as the extension of ``out`` says (its folder is created); without
+    ``replace`` an existing file is a ``FileExistsError``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    (write_predictions_json if out.suffix.lower() == ".json" else write_predictions_csv)(out, predictions)
+    (write_predictions_json if out.suffix.lower() == ".json" else write_predictions_csv)(out, predictions, replace)
 
 
 def export_run(run: LoadedRun, out_path: str | Path | None = None) -> tuple[Path, Path]:

@@ -86,7 +86,7 @@ def imagenet_lt(
     files = split_files(split_dir, IMAGENET_LT_FILES, "imagenet_lt")
     check_root(root, check_files, "imagenet_lt", "the ILSVRC-2012 folder holding train/ and val/")
     train = read_split_file(files["train"], root, check_files=check_files)
-    num_classes = int(train.labels.max()) + 1
+    num_classes = train.class_count()
     wnids = class_names_from_paths(train, num_classes, lambda p: p.split("/")[-2] if "/" in p else None)
     if all(_WNID.fullmatch(w) for w in wnids) and wnids != sorted(wnids):
         logger.warning("imagenet_lt: labels of %s do not follow sorted WordNet ids (the official files do)",

@@ -102,7 +102,7 @@ def inat2018(
         num_classes = len(label_of)
     else:
         train = read_split_file(train_path, root, check_files=check_files)
-        num_classes = int(train.labels.max()) + 1
+        num_classes = train.class_count()
         classes = None
         test = read_split_file(test_path, root, num_classes, check_files=check_files)
     kw = dict(root=root, num_classes=num_classes, classes=classes, decode_size=decode_size,

@@ -113,7 +113,7 @@ def places_lt(
     targets = places_root_layouts(root)
     train = read_split_file(files["train"], root, path_map=_places_path_map(root, targets, None, check_files),
                             check_files=check_files)
-    num_classes = int(train.labels.max()) + 1
+    num_classes = train.class_count()
     classes = class_names_from_paths(train, num_classes, lambda p: places_parse(p)[1])
     if any(layout is not None for layout in targets.values()):
         logger.info("places_lt: data.root holds the %s layout for train images and the %s layout for val images",

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ltcls.data.base import DataSplits, ImageFileList, LTDataset
+from ltcls.data.images import open_rgb
 from ltcls.registries import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ _FORMAT = "(expected 'relative/path label')"
 _BOM = b"\xef\xbb\xbf"
 #: Entries listed in a warning before the rest are only counted.
 _WARN_SHOWN = 5
+#: A train split whose largest label + 1 exceeds both this many times its distinct labels and
+#: :data:`SPARSE_LABELS_MIN` is refused (:meth:`SplitList.class_count`): such a label is not a class index.
+SPARSE_LABELS_FACTOR = 10
+SPARSE_LABELS_MIN = 1000
 BAD_IMAGE_MODES = ("error", "skip")
 
 #: Maps a path as written in a split file (and its label) to the path under data.root (a layout change).
@@ -67,17 +72,6 @@ def transform_min_size(transform: Callable | None) -> int:
         size = first.size
         return int(size) if isinstance(size, int) else int(max(size))
     return 0
-
-
-def open_rgb(path: str, min_size: int = 0) -> Image.Image:
-    """Open and decode an image as RGB; a JPEG is decoded at the largest DCT reduction (1/2, 1/4, 1/8) that
-    keeps both sides >= ``min_size`` (0: full size). Other formats are always decoded in full."""
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        if min_size > 0:
-            img.draft("RGB", (min_size, min_size))  # no-op for non-JPEG formats and images already small
-        img.load()  # decode now, while the file is open (no copy, unlike convert() on an RGB image)
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 # ----------------------------------------------------------------------------------------- dataset
@@ -216,6 +210,21 @@ class SplitList:
 
     def where(self, i: int) -> str:
         return self.where_format.format(source=self.source, n=int(self.lines[i]))
+
+    def class_count(self) -> int:
+        """The number of classes this (train) split's labels imply: the largest label + 1.
+
+        A largest label far above the number of distinct labels (a class count over
+        :data:`SPARSE_LABELS_FACTOR` times the labels present, and over :data:`SPARSE_LABELS_MIN`) is an error
+        naming its file and line: a typo or an id that is not a class index, which would otherwise build a head
+        (and per-class tables) of that many classes. Labels are class indices 0..K-1."""
+        top = int(self.labels.max())
+        distinct = len(np.unique(self.labels))
+        if top + 1 > max(SPARSE_LABELS_MIN, SPARSE_LABELS_FACTOR * distinct):
+            raise ValueError(f"{self.where(int(np.argmax(self.labels)))}: label {top} is far above the {distinct} "
+                             f"distinct labels of the split (it would make {top + 1:,} classes, most of them empty); "
+                             "expected class indices 0..K-1: number the classes consecutively")
+        return top + 1
 
     def empty_classes(self, num_classes: int) -> list[int]:
         """The labels in ``0..num_classes-1`` that no entry of this split has."""
@@ -398,7 +407,8 @@ def split_file(
 ) -> DataSplits:
     """Train / test (/ val) splits from split files under image folder ``root``.
 
-    ``num_classes`` is the largest train label + 1; val/test labels must fall in that range.
+    ``num_classes`` is the largest train label + 1 (:meth:`SplitList.class_count`: a label far above the number
+    of distinct labels is an error); val/test labels must fall in that range.
     ``decode_size``: short side JPEGs keep when decoded (null: from the transform, 0: full decoding).
     ``on_bad_image``: ``error`` (name the file and line) or ``skip`` (log, count, use another image of
     the class). ``check_files: false`` skips checking at start-up that every listed image exists.
@@ -409,7 +419,7 @@ def split_file(
     if check_files and not os.path.isdir(root):
         raise FileNotFoundError(f"data.root folder not found: '{root}'")
     train = read_split_file(train_split, root, check_files=check_files)
-    num_classes = int(train.labels.max()) + 1
+    num_classes = train.class_count()
     warn_empty_classes(train, num_classes)
 
     def split(path: str, transform: Callable | None) -> FileListDataset:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ltcls.data.tools.profiles import lt_counts
 from ltcls.data.tools.published import CONVENTIONS, group_sizes
+from ltcls.io import AtomicFiles
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +146,10 @@ def make_split(root: str, out_dir: str, name: str, train_dir: str = "train", tes
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass overwrite (--force) to replace the split files")
     os.makedirs(out_dir, exist_ok=True)
-    split_counts = {}
+    split_counts, texts = {}, {}
     for split, entries in lines.items():
         entries.sort()
-        with open(files[split], "w", encoding="utf-8") as f:
-            f.writelines(f"{path} {label}\n" for label, path in entries)
+        texts[split] = "".join(f"{path} {label}\n" for label, path in entries)
         split_counts[split] = np.bincount([label for label, _ in entries], minlength=len(names)).tolist()
     summary = {
         "name": name, "root": root, "train_dir": train_dir, "test_dir": test_dir, "seed": seed,
@@ -160,9 +160,10 @@ def make_split(root: str, out_dir: str, name: str, train_dir: str = "train", tes
         "totals": {s: int(sum(c)) for s, c in split_counts.items()},
         "groups": {conv: group_sizes(split_counts["train"], conv) for conv in CONVENTIONS},
     }
-    with open(files["counts"], "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
+    texts["counts"] = json.dumps(summary, indent=1) + "\n"
+    with AtomicFiles() as out:  # the split files and their counts appear together, or (on failure) none of them
+        for split, text in texts.items():
+            out.write_text(files[split], text)
     logger.info("make-split %s: %d classes, %s", name, len(names),
                 ", ".join(f"{s} {n}" for s, n in summary["totals"].items()))
     return MadeSplit(files, split_counts, names)

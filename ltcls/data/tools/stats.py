@@ -134,7 +134,7 @@ def file_stats(target: str, convention: str = "kang") -> str:
         num_classes = len(label_of)
     else:
         entries = read_split_file(target, ".", check_files=False)
-        num_classes = int(entries.labels.max()) + 1
+        num_classes = entries.class_count()
     counts = {split: np.bincount(entries.labels, minlength=num_classes)}
     title = f"{target}: {split} split" + (f" of {PUBLISHED[benchmark].title}" if benchmark else "")
     return describe_splits(counts, num_classes, benchmark, convention, title)
