@@ -346,6 +346,7 @@ def _prepare(args: argparse.Namespace, cfg: C.Config, work_dir: Path) -> tuple[o
     """Every start-up check (see :mod:`ltcls.engine.preflight`); nothing is written. Returns what the run then
     uses, built once: the stage-1 run (data, model, loss), or for stage 2 the loaded stage-1 run; and the task."""
     from ltcls.engine import build_task  # lazy: see the module docstring
+    from ltcls.engine.optim import check_optimizer  # lazy: as above
     from ltcls.engine.preflight import check_data, check_device, check_run, check_work_dir  # lazy: as above
     from ltcls.stage2.runner import load_stage1  # lazy: as above
 
@@ -353,6 +354,7 @@ def _prepare(args: argparse.Namespace, cfg: C.Config, work_dir: Path) -> tuple[o
     if not args.stage2:
         return check_run(cfg, task, work_dir), task
     check_device(cfg.train.device)
+    check_optimizer(cfg.train)
     check_work_dir(work_dir)
     stage1 = load_stage1(cfg, task)  # the stage-1 checkpoint reads and fits its model
     check_data(cfg, stage1.data)

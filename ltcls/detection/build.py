@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltcls.config import Config
+from ltcls.config import Config, ConfigError
 from ltcls.data.base import DataSplits
 from ltcls.data.build import TRANSFORM_KEYS
 from ltcls.detection.data import DetectionFlip
@@ -47,6 +47,10 @@ def build_detector(cfg: Config, data: DataSplits) -> LTMaskRCNN:
     """
     check_torchvision_version()
     d, m = cfg.detection, cfg.model
+    if m.frozen_backbone or m.pretrained_file is not None:
+        raise ConfigError("model.peft, model.freeze and model.pretrained_file apply to classification models; a "
+                          "detector's backbone trains detection.trainable_backbone_layers (model.pretrained: "
+                          "torchvision's / timm's weights)")
     num_classes = data.num_classes
     loss = build_detection_loss(cfg, data)
     box_classification = build_box_classification(cfg.loss.name, loss, num_classes)

@@ -1,10 +1,11 @@
 """Checks run before training starts, so that a bad value, a missing split or an unreadable test image is
 reported in one line at once instead of after hours of training (issue 12, item 3).
 
-What is checked: ``train.device`` is usable; the run's data builds (split files parsed, every listed image
-present: the datasets' own ``check_files``); every split the run reads exists (``eval.split``); the model and
-the loss build; the evaluation split's image files open as images (header only, see
-:func:`check_images_open`); the run directory can be created and written. Nothing here writes anything.
+What is checked: ``train.device`` is usable; ``train.optimizer`` (and its parameter groups) can be built; the
+run's data builds (split files parsed, every listed image present: the datasets' own ``check_files``); every
+split the run reads exists (``eval.split``); the model and the loss build (pretrained weights available); the
+evaluation split's image files open as images (header only, see :func:`check_images_open`); the run directory
+can be created and written. Nothing here writes anything.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 
 from ltcls.config import Config, ConfigError
 from ltcls.data.base import DataSplits
+from ltcls.engine.optim import build_optimizer, check_optimizer
 from ltcls.engine.rundir import RunDirError
 from ltcls.engine.tasks import Run, Task
 
@@ -111,8 +113,10 @@ def check_run(cfg: Config, task: Task, work_dir: Path) -> Run:
     (A stage 2's checks: the command loads the stage-1 run with ``ltcls.stage2.runner.load_stage1`` and runs
     :func:`check_device`, :func:`check_work_dir` and :func:`check_data` on it.)"""
     check_device(cfg.train.device)
+    check_optimizer(cfg.train)
     check_work_dir(work_dir)
     run = task.build(cfg)
     check_data(cfg, run.data)
+    build_optimizer(cfg.train, run.model)  # its parameter groups (layer decay needs a backbone's layer order)
     return run
 

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
-from ltcls.config import Config, EvalConfig, TrainConfig
+from ltcls.config import Config, EvalConfig
 from ltcls.data.base import DataSplits
 from ltcls.data.build import build_sampler
 from ltcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -34,6 +34,7 @@ from ltcls.engine.distributed import info as dist_info
 from ltcls.engine.evaluation import EvalContext, inference_on_dataset
 from ltcls.engine.hooks import CheckpointHook, EpochLogHook, EvalHook, HookBase, TensorBoardHook
 from ltcls.engine.loops import NonFiniteLossError, predict, train_one_epoch
+from ltcls.engine.optim import build_optimizer
 from ltcls.engine.rundir import atomic_write_text
 from ltcls.engine.signals import Interrupted, active, stop_requested
 from ltcls.engine.stage import LoopState, Stage
@@ -67,11 +68,6 @@ def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, schedule: str, wa
         epoch = step // steps_per_epoch
         return gamma ** sum(epoch >= m for m in milestones)
     return 1.0
-
-
-def scaled_lr(t: TrainConfig) -> float:
-    """``train.lr``, scaled linearly from ``train.base_batch_size`` to the global ``train.batch_size`` if set."""
-    return t.lr * t.batch_size / t.base_batch_size if t.base_batch_size else t.lr
 
 
 class TrainingDiverged(RuntimeError):
@@ -177,8 +173,7 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{stage.name}: nothing to train (every parameter is frozen)")
-        optimizer = torch.optim.SGD(params, lr=scaled_lr(t), momentum=t.momentum, weight_decay=t.weight_decay,
-                                    nesterov=t.nesterov and t.momentum > 0)
+        optimizer = build_optimizer(t, module)
         steps = max(len(loader) // t.accum_steps, 1)
         warmup = t.warmup_iters or t.warmup_epochs * steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
