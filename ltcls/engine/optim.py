@@ -19,8 +19,6 @@ the progress bar and TensorBoard) is the head's.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from timm.optim import (
     create_optimizer_v2,
@@ -37,8 +35,8 @@ from ltcls.models.backbone import LTModel
 #: Optimizer names that are torch's SGD: weight decay on every parameter unless ``no_weight_decay_1d`` says so.
 SGD_NAMES = ("sgd", "momentum")
 
-#: A parameter group as torch optimizers take it.
-ParamGroup = dict[str, Any]
+#: A parameter group as torch optimizers take it (``params``, ``lr``, ``weight_decay``, ``lr_scale``).
+ParamGroup = dict[str, object]
 
 
 def scaled_lr(t: TrainConfig) -> float:
@@ -107,14 +105,14 @@ def build_optimizer(t: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
     check_optimizer(t)
     lr = scaled_lr(t)
     info = get_optimizer_info(t.optimizer.split("_")[-1])
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, object] = {}
     if "nesterov" in (info.defaults or {}):  # timm's 'sgd' defaults to Nesterov; ltcls's train.nesterov decides
         kwargs["nesterov"] = t.nesterov and t.momentum > 0
     if t.betas is not None:
         kwargs["betas"] = tuple(t.betas)
     if t.eps is not None:
         kwargs["eps"] = t.eps
-    params: list[Any] = ([p for p in module.parameters() if p.requires_grad] if _plain_sgd(t)
+    params: list[object] = ([p for p in module.parameters() if p.requires_grad] if _plain_sgd(t)
                          else param_groups(t, module, lr))
     return create_optimizer_v2(params, opt=t.optimizer, lr=lr, weight_decay=t.weight_decay, momentum=t.momentum,
                                **kwargs)
