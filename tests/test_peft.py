@@ -164,6 +164,8 @@ def test_no_network_and_no_cache_is_one_line_before_any_download(monkeypatch):
     assert "\n" not in message and "ConnectionError" in message and "nothing was trained" in message
     assert "https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/model.safetensors" in message
     assert "model.pretrained_file=/path/to/model.safetensors" in message
+    with pytest.raises(ValueError, match="model.pretrained: timm has no pretrained weights for 'cifar_resnet8'"):
+        create_backbone("cifar_resnet8", pretrained=True)
 
 
 def test_cli_without_network_says_what_to_download(tmp_path):

@@ -43,10 +43,14 @@ def _hub_cache() -> str:
 
 def check_hub_weights(name: str) -> None:
     """Raise :class:`PretrainedWeightsUnavailable` when timm would fetch ``name``'s weights from the Hugging Face
-    hub and neither the local cache has them nor the hub answers; return otherwise (timm then loads them)."""
+    hub and neither the local cache has them nor the hub answers (``ValueError`` when timm has none for ``name``);
+    return otherwise (timm then loads them)."""
     cfg = get_pretrained_cfg(name)
-    if cfg is None or not cfg.hf_hub_id:
-        return  # no weights (timm says so), or an old-style url: timm's own download reports it
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ValueError(f"model.pretrained: timm has no pretrained weights for '{name}' (set model.pretrained: false, "
+                         "or give model.pretrained_file)")
+    if not cfg.hf_hub_id:
+        return  # an old-style url: timm's own download reports a failure (see download_failed)
     from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache  # lazy: as above
     from huggingface_hub.errors import HfHubHTTPError  # lazy: as above
 
