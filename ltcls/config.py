@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ltcls.registries import CONFIG_SECTIONS, SECTIONS, task_of
+from ltcls.registries import CONFIG_SECTIONS, PEFT_METHODS, SECTIONS, task_of
 from ltcls.registry import Schema, signature_schema
 
 log = logging.getLogger("ltcls")
@@ -72,6 +72,13 @@ class TrainConfig:
     micro-batches each process runs ``batch_size / (N * accum_steps)`` images at a time. With
     ``base_batch_size`` set, ``lr`` is the learning rate for that batch and is scaled linearly to
     ``batch_size`` (Goyal et al.; mmdetection's auto-scale-lr, detectron2's reference-world-size rule).
+    ``optimizer``: any name timm's ``create_optimizer_v2`` knows (``sgd``, ``adamw``, ``lamb``, ...; see
+    :mod:`ltcls.engine.optim`), with ``momentum`` / ``nesterov`` where it has momentum and ``betas`` / ``eps``
+    where it has them (null: the optimizer's defaults). ``no_weight_decay_1d``: no weight decay on 1-D parameters
+    (biases, norms) and the backbone's ``no_weight_decay()`` (ViT: position embedding, class token), timm's
+    grouping; null: on for every optimizer but ``sgd``, which decays every parameter as ltcls always did.
+    ``layer_decay``: layer-wise lr decay over the backbone's layers (timm's ``group_matcher``; the head is the
+    top layer, at ``lr``). ``head_lr_mult``: the classifier head's lr is ``lr`` times this.
     Warm-up rises linearly from ``warmup_ratio`` x lr over ``warmup_iters`` optimizer steps (mmdetection: 500
     from 0.001 for LVIS) or, when that is 0, over ``warmup_epochs`` epochs. ``amp``,
     ``channels_last`` and ``sync_bn`` apply on CUDA only (ignored on CPU); ``compile`` wraps the
@@ -80,10 +87,16 @@ class TrainConfig:
 
     epochs: int = 30
     batch_size: int = 128
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    no_weight_decay_1d: bool | None = None
+    layer_decay: float | None = None
+    head_lr_mult: float = 1.0
+    betas: list[float] | None = None
+    eps: float | None = None
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
@@ -112,7 +125,12 @@ class TrainConfig:
             "gamma": (0, None, "a factor >= 0"), "warmup_epochs": (0, None, "an integer >= 0"),
             "clip_grad_norm": (0, None, "a norm > 0 or null"), "accum_steps": (1, None, "an integer >= 1"),
             "seed": (0, 2**32, "an integer in [0, 2**32)"), "num_workers": (0, None, "an integer >= 0"),
-            "log_interval": (1, None, "an integer >= 1")})
+            "log_interval": (1, None, "an integer >= 1"), "layer_decay": (1e-9, 1.000001, "a factor in (0, 1] or null"),
+            "head_lr_mult": (0, None, "a factor >= 0"), "betas": (0, 1, "values in [0, 1) or null"),
+            "eps": (1e-30, None, "a value > 0 or null")})
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.optimizer):
+            raise ConfigError(f"train.optimizer: expected an optimizer name of timm's create_optimizer_v2 (sgd, adamw, "
+                              f"lamb, ...), got {self.optimizer!r}")
         if self.clip_grad_norm == 0:
             raise ConfigError("train.clip_grad_norm: expected a norm > 0 or null (no clipping), got 0")
         if not _DEVICE.fullmatch(self.device):
@@ -141,18 +159,63 @@ class EvalConfig:
 
 
 @dataclass
+class PeftConfig:
+    """``model.peft:`` parameter-efficient fine-tuning of the backbone (:mod:`ltcls.models.peft`); the head
+    always trains. ``method``: ``none`` (every backbone parameter trains, unless ``model.freeze``), or a
+    registered method (``PEFT_METHODS``): ``lora``, ``dora``, ``loha``, ``lokr``, ``ia3``, ``ln_tuning``
+    through the ``peft`` library, ``bitfit`` (biases only, by hand). Any method freezes the backbone's own
+    weights. ``r`` / ``alpha`` / ``dropout``: the low-rank methods' rank, scale (``alpha / r``) and dropout;
+    ``target_modules``: module names the method adapts (null: the method's default for timm ViTs, e.g.
+    ``[qkv]`` for LoRA, every LayerNorm for ``ln_tuning``); ``feedforward_modules``: IA3's (null: ``[fc2]``).
+    """
+
+    method: str = "none"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in PEFT_METHODS:
+            close = difflib.get_close_matches(self.method, PEFT_METHODS.names(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"model.peft.method: expected one of {', '.join(PEFT_METHODS.names())}, got "
+                              f"{self.method!r}{hint}")
+        check_range("model.peft", self, {"r": (1, None, "an integer >= 1"), "alpha": (1e-12, None, "a value > 0"),
+                                          "dropout": (0, 1, "a probability in [0, 1)")})
+
+
+@dataclass
 class ModelConfig:
-    """``model:`` a timm backbone by name (``num_classes=0``); ``kwargs`` go to ``timm.create_model``."""
+    """``model:`` a timm backbone by name (``num_classes=0``); ``kwargs`` go to ``timm.create_model``.
+
+    ``pretrained``: timm's weights (downloaded to the Hugging Face cache); ``pretrained_file``: the weights from
+    a local file instead (any format timm's ``load_pretrained`` reads: the hub's ``.safetensors`` / ``.bin``;
+    implies pretrained). ``freeze``: the backbone does not train (its parameters frozen, and without a
+    ``peft`` method kept in eval mode: BatchNorm statistics and dropout fixed); the head trains.
+    ``peft``: parameter-efficient fine-tuning (:class:`PeftConfig`).
+    """
 
     name: str = "cifar_resnet20"
     pretrained: bool = False
+    pretrained_file: str | None = None
+    freeze: bool = False
     drop_rate: float = 0.0
     drop_path_rate: float | None = None
     kwargs: dict = field(default_factory=dict)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.peft, Mapping):
+            self.peft = PeftConfig(**self.peft)
         check_range("model", self, {"drop_rate": (0, 1, "a probability in [0, 1)"),
                                      "drop_path_rate": (0, 1, "a probability in [0, 1) or null")})
+
+    @property
+    def frozen_backbone(self) -> bool:
+        """Whether no backbone parameter of its own trains (``freeze``, or any ``peft`` method)."""
+        return self.freeze or self.peft.method != "none"
 
 
 @dataclass
@@ -366,12 +429,32 @@ def check_value(key: str, value: Any, tp: Any) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _check_nested(key, value, tp)
     elif isinstance(tp, type):
         if isinstance(value, tp):
             return value
     else:
         return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_nested(key: str, value: Any, tp: type) -> Any:
+    """A nested section (``model.peft``): a mapping of the dataclass ``tp``'s keys, checked as strictly as a
+    section (an unknown key names ``key.sub`` and the closest valid one); returns the built dataclass."""
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, got "
+                          f"{value!r}")
+    hints = typing.get_type_hints(tp)
+    names = [f.name for f in dataclasses.fields(tp)]
+    checked = {}
+    for sub, v in value.items():
+        if sub not in names:
+            raise _unknown(f"{key}.{sub}", names, f"in section '{key}'")
+        checked[sub] = check_value(f"{key}.{sub}", v, hints[sub])
+    return tp(**checked)
 
 
 def _unknown(key: str, choices: Iterable[str], where: str) -> ConfigError:
@@ -467,7 +550,7 @@ def _explicit(file_cfg: Mapping[str, Any], overrides: Sequence[str], source: str
             raise _unknown(section, known, f"at the top level of {source}")
         if not isinstance(file_cfg[section], Mapping):
             raise ConfigError(f"{source}: section '{section}' must be a mapping, got {file_cfg[section]!r}")
-    explicit: PlainConfig = {s: dict(file_cfg.get(s, {})) for s in known}
+    explicit: PlainConfig = {s: copy.deepcopy(dict(file_cfg.get(s, {}))) for s in known}
     from_set: dict[str, set[str]] = {s: set() for s in known}
     for item in overrides:
         parts, value = parse_override(item)
@@ -567,7 +650,9 @@ def describe(components: bool = False) -> str:
     for section in all_sections():
         if section not in SECTIONS:
             schema = section_schema(section)
-            keys = ", ".join(f"{k}={d!r}" for k, (_, d) in schema.items())
+            keys = ", ".join(f"{k}={d!r}" if not dataclasses.is_dataclass(d) else
+                             ", ".join(f"{k}.{n}={v!r}" for n, v in dataclasses.asdict(d).items())
+                             for k, (_, d) in schema.items())
             task = CONFIG_SECTIONS.meta(section).get("task") if section in CONFIG_SECTIONS else None
             lines.append(f"  {section}{f' ({task} datasets only)' if task else ''}: {keys}")
             continue

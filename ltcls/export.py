@@ -4,7 +4,9 @@ The module takes a float RGB tensor ``(N, 3, H, W)`` in [0, 1] at the run's eval
 the run's mean / std inside, and returns the logits ``(N, C)`` (for a dual head: the selected scores). It is
 made with ``torch.jit.trace`` (timm's models and every head of ``ltcls.models`` trace, most do not script),
 on CPU, and checked against the eager model on a batch of another size, so it loads with
-``torch.jit.load`` in a Python that has torch but not ltcls.
+``torch.jit.load`` in a Python that has torch but not ltcls. Any nn.Module exports: parameter-efficient adapters
+(``peft``'s LoRA, IA3, ...) are merged into the weights first (``merge_and_unload``), and the check compares the
+merged, traced module with the model as trained.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from ltcls.losses.base import LTLoss
 from ltcls.models.dual_head import dual_head_average, dual_head_select
+from ltcls.models.peft import adapter_names, merge_adapters
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +115,16 @@ def export_torchscript(model: nn.Module, out_path: str | Path, mean: Sequence[fl
     height, width = _size(input_size)
     out_path = Path(out_path)
     wrapped = Normalized(copy.deepcopy(model).cpu().float(), mean, std).eval()
+    adapters = adapter_names(wrapped.model)
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(2, 3, height, width, generator=generator)
     check = torch.rand(3, 3, height, width, generator=generator)
     with torch.no_grad():
-        eager = wrapped(check)
+        eager = wrapped(check)  # the model as trained: the check below covers merging the adapters too
         if eager.ndim != 2 or eager.shape[1] != len(class_names):
             raise ValueError(f"the model returns shape {tuple(eager.shape)} but {len(class_names)} class names "
                              f"were given (expected (N, {len(class_names)}))")
+        wrapped.model = merge_adapters(wrapped.model)  # LoRA & co. folded into plain layers: no peft at load time
         with warnings.catch_warnings():  # e.g. NCM's "is it fitted" check: constant here, and checked below
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(wrapped, example, check_trace=False)
@@ -149,6 +154,8 @@ def export_torchscript(model: nn.Module, out_path: str | Path, mean: Sequence[fl
         "torch_version": torch.__version__,
         "extra": dict(extra or {}),
     }
+    if adapters:
+        meta["merged_adapters"] = list(adapters)
     json_path = out_path.with_suffix(".json")
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("exported %s (%d classes, input %dx%d) and %s", out_path, len(class_names), height, width,

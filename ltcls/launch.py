@@ -21,6 +21,7 @@ from ltcls import config as C
 from ltcls.data.datasets.split_file import BadImageError
 from ltcls.engine.checkpoint import Checkpoint, CheckpointError
 from ltcls.engine.distributed import cleanup, init_distributed
+from ltcls.engine.optim import check_optimizer
 from ltcls.engine.preflight import check_data, check_device, check_run, check_work_dir
 from ltcls.engine.signals import GracefulInterrupt, Interrupted
 from ltcls.engine.stage import Stage
@@ -146,6 +147,7 @@ def prepare(cfg: C.Config, run_dir: RunDir) -> Prepared:
     if not is_stage2(cfg):
         return Prepared(task, run=check_run(cfg, task, run_dir.path))
     check_device(cfg.train.device)
+    check_optimizer(cfg.train)
     check_work_dir(run_dir.path)
     stage1 = load_stage1(cfg, task)  # the stage-1 checkpoint reads and fits its model
     check_data(cfg, stage1.data)

@@ -33,6 +33,8 @@ METHODS = Registry("stage-2 method")
 #: Config sections a plug-in adds (a dataclass each, like ``train:``). Metadata ``task``: the task whose datasets
 #: have the section (a config of another task's dataset must not set it).
 CONFIG_SECTIONS = Registry("config section")
+#: Parameter-efficient fine-tuning methods (``model.peft.method``): ``apply(backbone, peft_cfg) -> backbone``.
+PEFT_METHODS = Registry("peft method")
 
 #: The registry behind each config section that picks an implementation by ``name``.
 SECTIONS: dict[str, Registry] = {"data": DATASETS, "classifier": CLASSIFIERS, "loss": LOSSES, "sampler": SAMPLERS}
@@ -59,7 +61,12 @@ for _name, _module in {
 
 TASKS.declare("classification", "ltcls.engine.tasks")
 
-_SHORT = {"schedule": "cosine", "warmup_epochs": 0}
+for _name in ("none", "lora", "dora", "loha", "lokr", "ia3", "ln_tuning", "bitfit"):
+    PEFT_METHODS.declare(_name, "ltcls.models.peft")
+
+#: A head-only stage: the stage-1 run's layer-wise lr decay and head multiplier (for its backbone) do not apply;
+#: the head trains at the stage's train.lr with the stage-1 optimizer.
+_SHORT = {"schedule": "cosine", "warmup_epochs": 0, "layer_decay": None, "head_lr_mult": 1.0}
 #: Kang et al.'s cRT / LWS sampler (classifier-balancing's ClassAwareSampler, num_samples_cls 4): an epoch is
 #: max class count x C samples (ImageNet-LT: 1280 x 1000; 11x the instance epoch, Places-LT 29x).
 _CLASS_AWARE = {"name": "class_aware", "num_samples_cls": 4}

@@ -24,9 +24,9 @@ from ltcls.cli import train_main
 from ltcls.data.datasets.split_file import SplitList, split_file
 from ltcls.data.images import open_rgb, to_rgb
 from ltcls.data.transforms import build_transforms
-from ltcls.engine.rundir import remove_stale_temps
 from ltcls.io import AtomicFiles, DiskFullError, WriteError, atomic_write, atomic_write_text
 from ltcls.registry import Registry
+from ltcls.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -178,7 +178,7 @@ def test_remove_stale_temps_finds_the_unique_names(tmp_path: Path) -> None:
     left = tmp_path / ".checkpoint.pt.0123456789abcdef.tmp"
     left.write_bytes(b"partial")
     (tmp_path / "checkpoint.pt").write_bytes(b"whole")
-    assert remove_stale_temps(tmp_path) == [left]
+    assert RunDir(tmp_path).remove_stale_temps() == [left]
     assert _files(tmp_path) == {"checkpoint.pt": b"whole"}
 
 

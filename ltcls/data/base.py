@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-
 from ltcls.data.images import to_rgb
+
 
 @dataclass(frozen=True)
 class ImageFileList:

@@ -50,6 +50,10 @@ def build_detector(cfg: Config, data: DataSplits) -> LTMaskRCNN:
     if m.drop_rate or m.drop_path_rate is not None:
         raise ConfigError(f"model.drop_rate / model.drop_path_rate apply to classification backbones; the Mask R-CNN "
                           f"of data.name '{cfg.data.name}' has no dropout (got {m.drop_rate}, {m.drop_path_rate})")
+    if m.frozen_backbone or m.pretrained_file is not None:
+        raise ConfigError("model.peft, model.freeze and model.pretrained_file apply to classification models; a "
+                          "detector's backbone trains detection.trainable_backbone_layers (model.pretrained: "
+                          "torchvision's / timm's weights)")
     num_classes = data.num_classes
     loss = build_detection_loss(cfg, data)
     box_classification = build_box_classification(cfg.loss.name, loss, num_classes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ltcls.engine.optim import describe_optimizer, parameter_counts, scaled_lr
 from ltcls.engine.stage import LoopState, Stage
 from ltcls.reporting import Reporter
 from ltcls.results import EpochStats
@@ -39,17 +40,21 @@ class HookBase:
 
 class EpochLogHook(HookBase):
     """What a stage will do (samples and optimizer steps per epoch, the learning rate and its scaling, the
-    warm-up) at its start; one line per epoch: loss, lr, throughput, time."""
+    warm-up; the trainable and total parameter counts and the optimizer's groups) at its start; one line per
+    epoch: loss, lr (the first parameter group's: the head's), throughput, time."""
 
     def before_stage(self, trainer: Trainer, stage: Stage, state: LoopState) -> None:
         t = stage.train
-        lr = state.optimizer.param_groups[0]["initial_lr"]
+        lr = scaled_lr(t)
         scaled = (f" (train.lr {t.lr:g} for base batch {t.base_batch_size}, scaled linearly to batch {t.batch_size})"
                   if t.base_batch_size else "")
         warmup = (f", warm-up {state.warmup_steps} steps from {t.warmup_ratio:g} x lr" if state.warmup_steps else "")
         samples = len(state.sampler) * trainer.dist.world_size
         log.info("%s: %d epochs x %d steps (%d samples per epoch, %s sampler, batch %d), lr %.4g%s%s", stage.name,
                  t.epochs, state.steps_per_epoch, samples, stage.sampler.name, t.batch_size, lr, scaled, warmup)
+        trainable, total = parameter_counts(trainer.model)
+        log.info("%s: %s of %s parameters train (%.2f%%); %s", stage.name, f"{trainable:,}", f"{total:,}",
+                 100.0 * trainable / max(total, 1), describe_optimizer(t, state.optimizer))
 
     def after_epoch(self, trainer: Trainer, stage: Stage, state: LoopState, stats: EpochStats) -> None:
         log.info("%s epoch %d/%d  loss %.4f  lr %.4g  %.0f img/s  (%.1fs)", stage.name, state.epoch, stage.train.epochs,

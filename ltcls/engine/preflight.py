@@ -2,12 +2,12 @@
 reported in one line at once instead of after hours of training.
 
 What is checked: ``train.device`` is usable; ``train.batch_size`` splits into the processes (torchrun's
-``WORLD_SIZE``) and ``train.accum_steps`` (:func:`check_batch_split`); the run's data builds (split files
-parsed, every listed image present: the datasets' own ``check_files``); every split the run reads exists
-(``eval.split``); an epoch gives at least one optimizer step (a warning when the batch is larger than an
-epoch: :func:`check_epoch`); the model and the loss build; the evaluation split's image files open as images
-(header only, see :func:`check_images_open`); the run directory can be created and written. Nothing here
-writes anything.
+``WORLD_SIZE``) and ``train.accum_steps`` (:func:`check_batch_split`); ``train.optimizer`` (and its parameter
+groups) can be built; the run's data builds (split files parsed, every listed image present: the datasets' own
+``check_files``); every split the run reads exists (``eval.split``); an epoch gives at least one optimizer step
+(a warning when the batch is larger than an epoch: :func:`check_epoch`); the model and the loss build
+(pretrained weights available); the evaluation split's image files open as images (header only, see
+:func:`check_images_open`); the run directory can be created and written. Nothing here writes anything.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from PIL import Image
 from ltcls.config import Config, ConfigError, TrainConfig
 from ltcls.data.base import DataSplits, Split
 from ltcls.data.build import build_sampler
+from ltcls.engine.optim import build_optimizer, check_optimizer
 from ltcls.engine.tasks import Run, Task
 from ltcls.errors import world_size
 from ltcls.rundir import RunDirError
@@ -159,8 +160,10 @@ def check_run(cfg: Config, task: Task, work_dir: Path) -> Run:
     :func:`check_device`, :func:`check_work_dir` and :func:`check_data` on it.)"""
     check_device(cfg.train.device)
     check_batch_split(cfg.train)  # before the data is built (again in check_data, the path of a stage 2)
+    check_optimizer(cfg.train)
     check_work_dir(work_dir)
     run = task.build(cfg)
     check_data(cfg, run.data)
+    build_optimizer(cfg.train, run.model)  # its parameter groups (layer decay needs a backbone's layer order)
     return run
 

@@ -23,7 +23,9 @@ from ltcls.engine.evaluation import ClassificationEvaluator, DatasetEvaluator, E
 from ltcls.engine.loops import autocast
 from ltcls.losses.base import LTLoss, build_loss
 from ltcls.metrics import GROUPS
-from ltcls.models.backbone import LTModel, create_model
+from ltcls.models.backbone import LTModel, create_backbone
+from ltcls.models.classifiers import build_classifier
+from ltcls.models.peft import adapt_backbone
 from ltcls.registries import TASKS, task_of
 from ltcls.results import EvalReport
 
@@ -175,11 +177,14 @@ class ClassificationTask(Task):
 
 
 def build_model(cfg: Config, num_classes: int) -> LTModel:
-    """Backbone (``timm.create_model(..., num_classes=0)``) + the configured classifier head."""
+    """Backbone (``timm.create_model(..., num_classes=0)``, pretrained or from ``model.pretrained_file``), frozen
+    (``model.freeze``) and adapted (``model.peft``), + the configured classifier head."""
     m = cfg.model
-    return create_model(m.name, num_classes, cfg.classifier.name, pretrained=m.pretrained,
-                        classifier_params=cfg.classifier.params, drop_rate=m.drop_rate,
-                        drop_path_rate=m.drop_path_rate, **m.kwargs)
+    backbone = create_backbone(m.name, pretrained=m.pretrained, drop_rate=m.drop_rate,
+                               drop_path_rate=m.drop_path_rate, pretrained_file=m.pretrained_file, **m.kwargs)
+    backbone = adapt_backbone(backbone, m.peft, freeze=m.freeze)
+    classifier = build_classifier(cfg.classifier.name, backbone.num_features, num_classes, **cfg.classifier.params)
+    return LTModel(backbone, classifier, frozen_backbone=m.freeze and m.peft.method == "none")
 
 
 def build_stage_loss(cfg: Config, data: DataSplits) -> LTLoss:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ltcls.config import Config, TrainConfig
+from ltcls.config import Config
 from ltcls.data.base import DataSplits, Split
 from ltcls.data.build import build_sampler
 from ltcls.engine.checkpoint import Checkpoint, TrainingState, rng_state, set_rng_state
@@ -31,6 +31,7 @@ from ltcls.engine.hooks import CheckpointHook, EpochLogHook, EvalHook, HookBase,
 from ltcls.engine.inference import InferenceRunner, resolve_device
 from ltcls.engine.loaders import LoaderFactory
 from ltcls.engine.loops import NonFiniteLossError, StepOptions, train_one_epoch
+from ltcls.engine.optim import build_optimizer
 from ltcls.engine.preflight import check_batch_split
 from ltcls.engine.signals import Interrupted, active, stop_requested
 from ltcls.engine.stage import LoopState, Stage
@@ -41,7 +42,7 @@ from ltcls.rundir import RunDir
 
 log = logging.getLogger("ltcls")
 
-__all__ = ["Trainer", "TrainingDiverged", "default_hooks", "lr_factor", "resolve_device", "scaled_lr"]
+__all__ = ["Trainer", "TrainingDiverged", "default_hooks", "lr_factor", "resolve_device"]
 
 
 def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, schedule: str, warmup_steps: int,
@@ -57,11 +58,6 @@ def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, schedule: str, wa
         epoch = step // steps_per_epoch
         return gamma ** sum(epoch >= m for m in milestones)
     return 1.0
-
-
-def scaled_lr(t: TrainConfig) -> float:
-    """``train.lr``, scaled linearly from ``train.base_batch_size`` to the global ``train.batch_size`` if set."""
-    return t.lr * t.batch_size / t.base_batch_size if t.base_batch_size else t.lr
 
 
 class TrainingDiverged(RuntimeError):
@@ -132,8 +128,7 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{stage.name}: nothing to train (every parameter is frozen)")
-        optimizer = torch.optim.SGD(params, lr=scaled_lr(t), momentum=t.momentum, weight_decay=t.weight_decay,
-                                    nesterov=t.nesterov and t.momentum > 0)
+        optimizer = build_optimizer(t, module)
         steps = max(len(loader) // t.accum_steps, 1)
         warmup = t.warmup_iters or t.warmup_epochs * steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 
 import timm
 import torch
@@ -10,29 +11,48 @@ from torch import nn
 
 from ltcls.models import cifar_resnet  # noqa: F401  (registers cifar_resnet* into timm)
 from ltcls.models.classifiers import build_classifier
+from ltcls.models.peft import base_model
+from ltcls.models.pretrained import check_hub_weights, check_pretrained_file, download_failed
 
 
 def create_backbone(name: str, pretrained: bool = False, drop_rate: float = 0.0, drop_path_rate: float | None = None,
-                    **kwargs) -> nn.Module:
-    """A timm model without its classifier (``num_classes=0``): its forward returns pooled features."""
+                    pretrained_file: str | None = None, **kwargs) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``): its forward returns pooled features.
+
+    ``pretrained``: timm's weights (from the local Hugging Face cache, else downloaded; with neither, one line
+    saying what to download: :mod:`ltcls.models.pretrained`); ``pretrained_file``: the weights from that file."""
     if name not in timm.list_models() and not timm.is_model(name):
         raise KeyError(f"unknown model '{name}': not a timm model name (see timm.list_models())")
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_rate=drop_rate, **kwargs)
+    if pretrained_file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(check_pretrained_file(pretrained_file))}
+        pretrained = True
+    elif pretrained:
+        check_hub_weights(name)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_rate=drop_rate, **kwargs)
+    except OSError as e:  # a download that failed after the check (network lost meanwhile, a proxy, ...)
+        if not pretrained or pretrained_file is not None:
+            raise
+        raise download_failed(name, e) from None
 
 
 class LTModel(nn.Module):
     """``backbone`` (features) followed by a replaceable ``classifier`` head.
 
     Follows timm's split: ``forward_features`` gives the pooled feature vector, ``forward_head``
-    the logits, ``forward`` both in a row.
+    the logits, ``forward`` both in a row. ``frozen_backbone``: the backbone stays in eval mode when the model
+    trains (``model.freeze``: BatchNorm statistics and dropout fixed). For timm's optimizer factory the model
+    exposes its backbone's layer groups with the head as the top layer (:meth:`group_matcher`) and the
+    backbone's ``no_weight_decay()`` names.
     """
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, frozen_backbone: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
+        self.frozen_backbone = frozen_backbone
 
     @property
     def num_features(self) -> int:
@@ -47,6 +67,56 @@ class LTModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def train(self, mode: bool = True) -> LTModel:
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], tuple[float, ...]]:
+        """timm's layer grouping of the backbone (its ``group_matcher``) for this model's parameter names: the
+        backbone's groups in their order, the head after them (timm's rule for unmatched names: last).
+        Raises ``ValueError`` when the backbone has no ``group_matcher`` (``train.layer_decay`` needs one)."""
+        inner, prefix = base_model(self.backbone)
+        spec = getattr(inner, "group_matcher", None)
+        if spec is None:
+            raise ValueError(f"train.layer_decay needs a backbone with timm's group_matcher (its layers in order); "
+                             f"{type(inner).__name__} has none: set train.layer_decay: null")
+        return _prefixed_matcher(spec(coarse=coarse), "backbone." + prefix)
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's ``no_weight_decay()`` names (ViT: position embedding, class token) in this model."""
+        inner, prefix = base_model(self.backbone)
+        names = getattr(inner, "no_weight_decay", lambda: set())()
+        return {f"backbone.{prefix}{n}" for n in names}
+
+
+def _prefixed_matcher(spec: Mapping[str, object] | Callable[[str], object], prefix: str
+                      ) -> Callable[[str], tuple[float, ...]]:
+    """A timm group matcher (a dict of regexes, or a function of the name) for names under ``prefix``;
+    other names (the head) map to infinity, after every backbone group."""
+    if callable(spec):
+        def match_fn(name: str) -> tuple[float, ...]:
+            if not name.startswith(prefix):
+                return (float("inf"),)
+            order = spec(name[len(prefix):])
+            return tuple(order) if isinstance(order, (tuple, list)) else (order,)
+
+        return match_fn
+    rules = []
+    for ordinal, rule in enumerate(spec.values()):  # timm's group_with_matcher, names under the prefix
+        for pattern, suffix in (rule if isinstance(rule, (tuple, list)) else [(rule, None)]) if rule else []:
+            rules.append((re.compile(pattern), (float(ordinal),), tuple(float(s) for s in suffix or ())))
+
+    def match_dict(name: str) -> tuple[float, ...]:
+        if name.startswith(prefix):
+            for regex, order, suffix in rules:
+                found = regex.match(name[len(prefix):])
+                if found:
+                    return order + tuple(float(g) for g in found.groups() if g is not None) + suffix
+        return (float("inf"),)
+
+    return match_dict
 
 def create_model(backbone: str, num_classes: int, classifier: str = "linear", pretrained: bool = False,
                  classifier_params: Mapping[str, object] | None = None, **backbone_kwargs: object) -> LTModel:
