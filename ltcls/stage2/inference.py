@@ -1,5 +1,5 @@
 """Use a finished run: load its model for inference (a stage-1 run or any stage-2 run directory), evaluate it
-with calibration and per-class reports, classify image files, export it as TorchScript.
+with calibration and per-class reports, classify image files, export it (pt2, ONNX, TorchScript).
 
 A run directory holds ``config.yaml``, ``checkpoint.pt`` and ``metrics.json``. The model is rebuilt the way
 the run built it: the stage-1 config's model, then (stage 2) the method's head
@@ -37,7 +37,7 @@ from ltcls.engine.evaluation import ClassificationEvaluator
 from ltcls.engine.stage import Stage
 from ltcls.engine.tasks import Task, build_stage_loss, build_task, seed_everything
 from ltcls.engine.trainer import CHECKPOINT, Trainer, resolve_device
-from ltcls.export import DualHeadClassifier, LossScores, export_torchscript
+from ltcls.export import DualHeadClassifier, ExportPaths, ExportSpec, LossScores, export_model
 from ltcls.losses.base import LTLoss
 from ltcls.losses.logit_adjusted import logit_adjust
 from ltcls.metrics import GROUPS, accuracy_report, calibration_report, confusion_matrix, per_class_table
@@ -347,14 +347,15 @@ def predict_run(run: LoadedRun, paths: Sequence[str | Path], topk: int = 5, batc
                         batch_size=batch_size, device=device, num_workers=num_workers, scores=scores)
 
 
-def export_run(run: LoadedRun, out_path: str | Path | None = None) -> tuple[Path, Path]:
-    """TorchScript of the run's model (its dual head where it has one) with the normalisation inside, and the
-    json beside it (:func:`ltcls.export.export_torchscript`); default ``RUN_DIR/model.torchscript.pt``."""
+def export_run(run: LoadedRun, out_path: str | Path | None = None, fmt: str = "pt2") -> ExportPaths:
+    """The run's model (its dual head where it has one) with the normalisation inside, in format ``fmt``, and the
+    json beside it (:func:`ltcls.export.export_model`); default ``RUN_DIR/model.<format's suffix>``."""
     module, _ = run.inference_model()
     p = run.transform_params
     extra = {"method": run.method or "stage1", "tau": run.tau,
              "dual_head_threshold": run.cfg.stage2.dual_head_threshold if run.dual_head is not None else None,
              "dual_head_rule": run.dual_head.classifier.rule if run.dual_head is not None else None,
              "outputs": "dual-head scores" if run.dual_head is not None else "logits"}
-    out = Path(out_path) if out_path is not None else run.run_dir / "model.torchscript.pt"
-    return export_torchscript(module, out, p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir, extra)
+    spec = ExportSpec(p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir,
+                      "scores" if run.dual_head is not None else "logits", extra)
+    return export_model(module, spec, fmt, out_path, run.run_dir)

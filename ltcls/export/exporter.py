@@ -1,0 +1,254 @@
+"""One export: a model with its normalisation in front, captured in a format, written to a temporary file,
+loaded back from it and compared with the eager model, the json written beside it, then renamed into place.
+
+A model a format cannot capture is an :class:`ExportError` of one line naming the format and the part that
+failed (the deepest submodule of the model in the failure's traceback, its file, line and code) and the
+reason; a write that fails (a full disk, a permission) is one naming the file. Neither leaves a partial file,
+and a previous export under the same name keeps its content (:func:`ltcls.io.atomic_write`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import linecache
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import torch
+from torch import nn
+
+from ltcls.export.formats import ExportFormat, get_format
+from ltcls.export.modules import Normalized
+from ltcls.export.outputs import EXPORTED_BY, ExportPaths, plan_output
+from ltcls.io import atomic_write, atomic_write_text
+from ltcls.registries import EXPORT_FORMATS
+
+logger = logging.getLogger(__name__)
+
+#: The batch sizes of the example an export is captured with and of the batch it is checked on (another size,
+#: so a model whose output depends on the batch size fails the check).
+EXAMPLE_BATCH, CHECK_BATCH = 2, 3
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TORCH_MODULE_PY = os.path.join("torch", "nn", "modules", "module.py")
+
+
+class ExportError(RuntimeError):
+    """An export failed after it started (the format cannot express the model, the check failed, the file could
+    not be written); the message is one line, and no partial file is left."""
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What the exported module expects and returns, written to its json: images ``(N, 3, H, W)`` in [0, 1] at
+    ``input_size``, normalised with ``mean`` / ``std`` inside; ``outputs`` (``'logits'`` or ``'scores'``)
+    ``(N, len(class_names))``."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    input_size: int | Sequence[int]
+    class_names: Sequence[str]
+    source_run: str | os.PathLike
+    outputs: str = "logits"
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        s = self.input_size
+        size = (int(s), int(s)) if isinstance(s, int) else tuple(int(v) for v in s)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"input_size must be an int or (height, width) of positive ints, got {s!r}")
+        return size  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------ naming a failure
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+
+
+def _frames(tb: TracebackType | None) -> Iterator[TracebackType]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
+def failing_part(err: BaseException, root: nn.Module) -> str | None:
+    """The deepest submodule of ``root`` whose ``forward`` is in ``err``'s traceback (or a chained one's):
+    ``"classifier (NCMClassifier) at ltcls/models/decoupled.py:135 'if not bool(self.fitted):'"``."""
+    names = {id(m): name for name, m in root.named_modules()}
+    found = None
+    for e in _chain(err):
+        for tb in _frames(e.__traceback__):
+            owner = tb.tb_frame.f_locals.get("self")
+            if id(owner) in names and not tb.tb_frame.f_code.co_filename.endswith(_TORCH_MODULE_PY):
+                found = (names[id(owner)], type(owner).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+    if found is None:
+        return None
+    name, cls, filename, line = found
+    code = linecache.getline(filename, line).strip()
+    where = os.path.relpath(filename) if not os.path.relpath(filename).startswith("..") else filename
+    return f"{name or 'the model'} ({cls}) at {where}:{line} {code!r}"
+
+
+def failure_reason(err: BaseException) -> str:
+    """The first line of the innermost error in ``err``'s chain that says something (class name and message)."""
+    for e in reversed(list(_chain(err))):
+        lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+        if lines:
+            text = lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
+            return f"{type(e).__name__}: {text}"
+    return type(err).__name__
+
+
+def _capture(fmt_name: str, fmt: ExportFormat, module: nn.Module, example: torch.Tensor, output_name: str
+             ) -> object:
+    try:
+        return fmt.capture(module, example, output_name)
+    except Exception as err:
+        part = failing_part(err, module)
+        where = f" in {part}" if part else ""
+        raise ExportError(f"cannot export the model to {fmt_name}: it fails{where}: {failure_reason(err)}") from err
+
+
+# ------------------------------------------------------------------------------------------ checking
+def compare(got: torch.Tensor, expected: torch.Tensor, tolerance: float, what: str) -> float:
+    """The largest difference of ``got`` to ``expected`` (equal infinities and NaNs match: NCM's classes without
+    training samples are -inf); :class:`ExportError` when the shapes differ or it exceeds ``tolerance``."""
+    if got.shape != expected.shape:
+        raise ExportError(f"{what} gives shape {tuple(got.shape)} instead of {tuple(expected.shape)} on a batch of "
+                          f"{expected.shape[0]} (the model's forward depends on the batch size)")
+    close = torch.isclose(got, expected, rtol=0.0, atol=tolerance, equal_nan=True)
+    diff = (got - expected).abs()[~close]
+    if diff.numel():
+        raise ExportError(f"{what} differs from the model by up to {diff.max():.3g} on a batch of {expected.shape[0]} "
+                          f"(expected at most {tolerance:g}): the model's forward depends on the batch size or on "
+                          "the data")
+    finite = torch.isfinite(got) & torch.isfinite(expected)
+    return float((got - expected)[finite].abs().max()) if bool(finite.any()) else 0.0
+
+
+def _meta(paths: ExportPaths, fmt_name: str, spec: ExportSpec, max_diff: float, tolerance: float
+          ) -> dict[str, object]:
+    height, width = spec.size
+    return {
+        "exported_by": EXPORTED_BY,
+        "format": fmt_name,
+        "file": paths.module.name,
+        "input": "float RGB tensor (N, 3, H, W) in [0, 1]; normalisation is done inside; N is dynamic",
+        "input_name": "images",
+        "output": f"{spec.outputs} (N, num_classes)",
+        "output_name": spec.outputs,
+        "input_size": [height, width],
+        "mean": [float(m) for m in spec.mean],
+        "std": [float(s) for s in spec.std],
+        "num_classes": len(spec.class_names),
+        "class_names": [str(c) for c in spec.class_names],
+        "source_run": str(spec.source_run),
+        "torch_version": torch.__version__,
+        "checked": {"batch": CHECK_BATCH, "max_abs_diff": max_diff, "tolerance": tolerance},
+        "extra": dict(spec.extra),
+    }
+
+
+# ------------------------------------------------------------------------------------------ writing
+class _MetaNotWritten(Exception):
+    """Raised (without a chained OSError, so the module's writer does not report it as its own) when the json
+    could not be written; :func:`_write_checked` keeps the json's error."""
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_checked(paths: ExportPaths, fmt_name: str, fmt: ExportFormat, data: bytes, check: torch.Tensor,
+                   eager: torch.Tensor, spec: ExportSpec) -> float:
+    """Write the module through a temporary file, load it back and compare before the rename; the json is written
+    (atomically) after the check and before the module's rename. Returns the largest difference measured."""
+    result: dict[str, object] = {}
+
+    def write(tmp: Path) -> None:
+        _write_bytes(tmp, data)
+        with torch.no_grad():
+            got = fmt.load(tmp)(check)
+        max_diff = compare(got, eager, fmt.tolerance, f"the {fmt_name} file {paths.module}")
+        result["max_diff"] = max_diff
+        text = json.dumps(_meta(paths, fmt_name, spec, max_diff, fmt.tolerance), indent=2) + "\n"
+        try:
+            atomic_write_text(paths.meta, text)
+        except OSError as err:
+            result["meta_error"] = err
+        if "meta_error" in result:
+            raise _MetaNotWritten()
+
+    try:
+        atomic_write(paths.module, write)
+    except _MetaNotWritten:
+        raise ExportError(_write_failure(paths.meta, result["meta_error"])) from None  # type: ignore[arg-type]
+    except OSError as err:
+        raise ExportError(_write_failure(paths.module, err)) from err
+    return float(result["max_diff"])  # type: ignore[arg-type]
+
+
+def _write_failure(path: Path, err: OSError) -> str:
+    message = str(err)
+    if str(path) in message:  # the shared writer's "no space left on device while writing PATH (...)"
+        return message
+    return (f"cannot write {path}: {err.strerror or message} (nothing was replaced: the previous {path.name}, if "
+            "any, is kept)")
+
+
+def export_model(model: nn.Module, spec: ExportSpec, fmt: str = "pt2", out: str | os.PathLike | None = None,
+                 run_dir: str | os.PathLike | None = None) -> ExportPaths:
+    """Export ``model`` (normalised images -> ``(N, C)``), with ``spec``'s normalisation in front, in format ``fmt``
+    to ``out`` (default ``run_dir/model<suffix>``) and its json beside it (``FILE.json``); returns both paths.
+
+    Refused before any work (:class:`ltcls.export.outputs.OutputRefused`, a ``ValueError``): an output that is
+    a run's file or a file no export created (:func:`ltcls.export.outputs.plan_output`), a format whose packages
+    are missing, class names that do not fit the model. After that, failures are :class:`ExportError`: the format
+    cannot express a part of the model, the written file differs from the eager model on a batch of another size
+    (more than the format's tolerance), or the file cannot be written; none leaves a partial file or touches a
+    previous export.
+    """
+    fmt_impl, suffix = _format(fmt)
+    paths = plan_output(out, suffix, run_dir)
+    height, width = spec.size
+    wrapped = Normalized(copy.deepcopy(model).cpu().float(), spec.mean, spec.std).eval()
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(EXAMPLE_BATCH, 3, height, width, generator=generator)
+    check = torch.rand(CHECK_BATCH, 3, height, width, generator=generator)
+    with torch.no_grad():
+        eager = wrapped(check)
+        if eager.ndim != 2 or eager.shape[1] != len(spec.class_names):
+            raise ValueError(f"the model returns shape {tuple(eager.shape)} but {len(spec.class_names)} class names "
+                             f"were given (expected (N, {len(spec.class_names)}))")
+    artifact = _capture(fmt, fmt_impl, wrapped, example, spec.outputs)
+    data = fmt_impl.serialize(artifact)
+    paths.module.parent.mkdir(parents=True, exist_ok=True)
+    max_diff = _write_checked(paths, fmt, fmt_impl, data, check, eager, spec)
+    logger.info("exported %s (%s, %d classes, input %dx%d, %s%s; max difference to the model %.2g) and %s", paths.module,
+                fmt, len(spec.class_names), height, width, spec.outputs, ", replacing the earlier export"
+                if paths.replaces else "", max_diff, paths.meta.name)
+    return paths
+
+
+def _format(name: str) -> tuple[ExportFormat, str]:
+    """The format ``name`` and its file suffix; a ``ValueError`` naming what to install when it needs packages
+    that are missing."""
+    meta = EXPORT_FORMATS.meta(name)  # KeyError listing the formats
+    missing = [m for m in meta.get("requires", ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"--format {name} needs the packages {', '.join(missing)}: pip install 'ltcls[onnx]'")
+    return get_format(name), str(meta["suffix"])

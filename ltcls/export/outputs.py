@@ -1,0 +1,120 @@
+"""Where an export may be written (torch-free): the module file, its json beside it, and what is refused.
+
+Rules (issue 21):
+
+- The json beside ``FILE`` is ``FILE.json`` (the whole name with ``.json`` appended: ``model.pt2`` ->
+  ``model.pt2.json``), so the module and its json are never the same file, whatever ``--out`` is, and exports
+  of one run in several formats (``model.pt2``, ``model.onnx``) each keep their own json.
+- A run's own files are never written: an output (module or json) naming one of :data:`RUN_OWNED` inside the
+  run directory, the run directory itself, or any existing file that an export did not create is refused.
+- An export created a file when the json beside it is an export's json naming that file
+  (:func:`is_export`); such a file given as ``--out`` is replaced atomically. A default output name
+  (``RUN_DIR/model<suffix>``) never replaces an existing file: the refusal says to pass it as ``--out``.
+
+:func:`plan_output` applies them before any work; the run layer's ``RunDir`` can later answer "is this one
+of the run's files" in place of :data:`RUN_OWNED`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: What an export's json says under ``exported_by``: the mark that the module beside it is an export.
+EXPORTED_BY = "ltcls-export"
+#: Names in a run directory that belong to the run (files and folders), refused as outputs even where absent.
+RUN_OWNED = ("config.yaml", "checkpoint.pt", "metrics.json", "train.log", "comparison.md", ".lock", "tb",
+             "feature_cache")
+
+
+class OutputRefused(ValueError):
+    """The output path names a file an export must not write (a run's file, a file it did not create)."""
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    """Where one export goes: the module file and the json beside it."""
+
+    module: Path
+    meta: Path
+    #: Whether an earlier export at ``module`` is replaced.
+    replaces: bool
+
+
+def meta_path(module: str | os.PathLike) -> Path:
+    """The json beside an exported module: ``FILE.json`` (``.json`` appended to the whole name)."""
+    module = Path(module)
+    return module.with_name(module.name + ".json")
+
+
+def is_export(module: str | os.PathLike) -> bool:
+    """Whether ``module``'s json (:func:`meta_path`) is an export's json naming ``module``: what export wrote."""
+    module = Path(module)
+    try:
+        meta = json.loads(meta_path(module).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("exported_by") == EXPORTED_BY and meta.get("file") == module.name
+
+
+def _inside(path: Path, folder: Path) -> Path | None:
+    """``path`` relative to ``folder`` when it lies inside it (symlinks resolved), else ``None``."""
+    try:
+        return path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return None
+
+
+def _check_not_run_file(path: Path, run_dir: Path | None, what: str) -> None:
+    if run_dir is None:
+        return
+    rel = _inside(path, run_dir)
+    if rel is None:
+        return
+    if not rel.parts:
+        raise OutputRefused(f"{what} '{path}' is the run directory itself; give a file name, e.g. "
+                            f"{run_dir / 'model.pt2'}")
+    if rel.parts[0] in RUN_OWNED:
+        raise OutputRefused(f"{what} '{path}' is one of the run's own files ({rel.parts[0]}); an export never "
+                            "writes over a run: choose another --out")
+
+
+def _writable_folder(path: Path) -> None:
+    """The nearest existing folder above ``path`` must be a writable folder (``path``'s folder is created)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputRefused(f"cannot write '{path}': '{folder}' is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputRefused(f"cannot write '{path}': folder '{folder}' is not writable (permission denied)")
+
+
+def plan_output(out: str | os.PathLike | None, suffix: str, run_dir: str | os.PathLike | None = None
+                ) -> ExportPaths:
+    """The module and json paths of an export to ``out`` (``None``: ``RUN_DIR/model<suffix>``), after the
+    rules of the module docstring; :class:`OutputRefused` (one line naming the path) otherwise."""
+    run = Path(run_dir) if run_dir is not None else None
+    if out is None and run is None:
+        raise ValueError("an export needs an output file or the run directory for its default name")
+    module = Path(out) if out is not None else run / f"model{suffix}"  # type: ignore[operator]
+    meta = meta_path(module)
+    what = "--out" if out is not None else "the default output"
+    _check_not_run_file(module, run, what)
+    _check_not_run_file(meta, run, f"the json beside {module.name}:")
+    if module.is_dir() or meta.is_dir():
+        raise OutputRefused(f"{what} '{module}' is a folder (or its json '{meta}' is); give a file name")
+    ours = is_export(module)
+    if module.exists() and not ours:
+        raise OutputRefused(f"{what} '{module}' exists and was not written by ltcls-export (no {meta.name} beside "
+                            "it naming it); choose another --out, or remove the file yourself")
+    if meta.exists() and not ours:
+        raise OutputRefused(f"'{meta}' (the json an export writes beside {module.name}) exists and is not "
+                            f"ltcls-export's json for {module.name}; choose another --out")
+    if module.exists() and out is None:
+        raise OutputRefused(f"'{module}' exists (an earlier export); a default output name never replaces a file: "
+                            f"pass --out {module} to replace it, or --out NEW_FILE")
+    _writable_folder(module)
+    return ExportPaths(module=module, meta=meta, replaces=module.exists())
