@@ -238,9 +238,10 @@ def export_model(model: nn.Module, spec: ExportSpec, fmt: str = "pt2", out: str 
     data = fmt_impl.serialize(artifact)
     paths.module.parent.mkdir(parents=True, exist_ok=True)
     max_diff = _write_checked(paths, fmt, fmt_impl, data, check, eager, spec)
-    logger.info("exported %s (%s, %d classes, input %dx%d, %s%s; max difference to the model %.2g) and %s", paths.module,
-                fmt, len(spec.class_names), height, width, spec.outputs, ", replacing the earlier export"
-                if paths.replaces else "", max_diff, paths.meta.name)
+    replaced = ", replacing the earlier export" if paths.replaces else ""
+    logger.info("exported %s (%s, %d classes, input %dx%d, %s%s; max difference to the model %.2g) and %s",
+                paths.module, fmt, len(spec.class_names), height, width, spec.outputs, replaced, max_diff,
+                paths.meta.name)
     return paths
 
 
