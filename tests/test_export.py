@@ -209,15 +209,34 @@ class _Stateful(nn.Module):
         return x.flatten(1)[:, :len(NAMES)] * self.calls
 
 
-@pytest.mark.parametrize("fmt", ["pt2", pytest.param("onnx", marks=pytest.mark.slow)])
-def test_a_part_a_format_cannot_express_is_one_line_naming_it(tmp_path: Path, fmt: str) -> None:
-    model = LTModel(create_backbone("cifar_resnet8"), _DataDependent())
+class _NoONNXOp(nn.Module):
+    """A head using an op ONNX has no function for (singular values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, len(NAMES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.linalg.svdvals(x.view(-1, 2, 2)))
+
+
+@pytest.mark.parametrize("fmt, head, where, reason", [
+    ("pt2", _DataDependent, "'if x.sum() > 0:'", "data-dependent"),
+    ("onnx", _DataDependent, "'if x.sum() > 0:'", "data-dependent"),
+    ("onnx", _NoONNXOp, "'return self.fc(torch.linalg.svdvals(x.view(-1, 2, 2)))', op aten._linalg_svd.default",
+     "No ONNX function found"),
+])
+def test_a_part_a_format_cannot_express_is_one_line_naming_it(tmp_path: Path, fmt: str, head: type, where: str,
+                                                              reason: str) -> None:
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = LTModel(backbone, head() if head is _NoONNXOp else nn.Sequential(nn.Linear(4, 64), head()))
     with pytest.raises(ExportError) as e:
-        export_model(model, _spec(), fmt, tmp_path / "m.out")
+        export_model(model, _spec(8), fmt, tmp_path / "m.out")
     message = str(e.value)
     assert "\n" not in message and len(message) < 600, message
-    assert message.startswith(f"cannot export the model to {fmt}: it fails in model.classifier (_DataDependent) at ")
-    assert "test_export.py:" in message and "'if x.sum() > 0:'" in message and "data-dependent" in message
+    name = "model.classifier" if head is _NoONNXOp else "model.classifier.1"
+    assert message.startswith(f"cannot export the model to {fmt}: it fails in {name} ({head.__name__}) at "), message
+    assert "test_export.py:" in message and where in message and reason in message, message
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -82,22 +82,52 @@ def _frames(tb: TracebackType | None) -> Iterator[TracebackType]:
         tb = tb.tb_next
 
 
-def failing_part(err: BaseException, root: nn.Module) -> str | None:
-    """The deepest submodule of ``root`` whose ``forward`` is in ``err``'s traceback (or a chained one's):
-    ``"classifier (NCMClassifier) at ltcls/models/decoupled.py:135 'if not bool(self.fitted):'"``."""
+def _where(name: str, cls: str, filename: str, line: int, code: str) -> str:
+    shown = os.path.relpath(filename) if not os.path.relpath(filename).startswith("..") else filename
+    return f"{name or 'the model'} ({cls}) at {shown}:{line} {code.strip()!r}"
+
+
+def _frame_part(err: BaseException, root: nn.Module) -> str | None:
+    """The deepest ``forward`` of a submodule of ``root`` in the tracebacks of ``err``'s chain: a failure while
+    the exporter ran the model's Python code (torch.export, the tracer)."""
     names = {id(m): name for name, m in root.named_modules()}
     found = None
     for e in _chain(err):
         for tb in _frames(e.__traceback__):
-            owner = tb.tb_frame.f_locals.get("self")
-            if id(owner) in names and not tb.tb_frame.f_code.co_filename.endswith(_TORCH_MODULE_PY):
-                found = (names[id(owner)], type(owner).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+            owner, code = tb.tb_frame.f_locals.get("self"), tb.tb_frame.f_code
+            if id(owner) in names and not code.co_filename.endswith(_TORCH_MODULE_PY):
+                found = (names[id(owner)], type(owner).__name__, code.co_filename, tb.tb_lineno)
     if found is None:
         return None
     name, cls, filename, line = found
-    code = linecache.getline(filename, line).strip()
-    where = os.path.relpath(filename) if not os.path.relpath(filename).startswith("..") else filename
-    return f"{name or 'the model'} ({cls}) at {where}:{line} {code!r}"
+    return _where(name, cls, filename, line, linecache.getline(filename, line))
+
+
+def _node_part(err: BaseException) -> str | None:
+    """The graph node being translated in the tracebacks of ``err``'s chain (a local ``node``: an op ONNX has no
+    function for), described by the module and source line the node records."""
+    node = None
+    for e in _chain(err):
+        for tb in _frames(e.__traceback__):
+            candidate = tb.tb_frame.f_locals.get("node")
+            node = candidate if isinstance(candidate, torch.fx.Node) else node
+    if node is None:
+        return None
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    name, cls = stack[-1] if stack else ("", "")
+    cls = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+    sources = re.findall(r'File "([^"]+)", line (\d+), in \w+\n\s*(.*)', node.meta.get("stack_trace") or "")
+    op = f", op {node.target}"
+    if not sources:
+        return f"{name or 'the model'} ({cls}){op}"
+    filename, line, code = sources[-1]
+    return _where(name, cls, filename, int(line), code) + op
+
+
+def failing_part(err: BaseException, root: nn.Module) -> str | None:
+    """Where in ``root`` an export failed: ``"model.classifier (NCMClassifier) at ltcls/models/decoupled.py:135
+    'if not bool(self.fitted):'"`` (a graph op adds ``, op aten.x.default``), ``None`` when nothing says."""
+    return _frame_part(err, root) or _node_part(err)
 
 
 def failure_reason(err: BaseException) -> str:

@@ -85,11 +85,13 @@ class ONNXFormat(ExportFormat):
     tolerance: ClassVar[float] = 1e-4
 
     def capture(self, module: nn.Module, example: torch.Tensor, output_name: str) -> object:
+        # torch.export first, as for pt2: its failure is the same error (torch.onnx.export would retry a failed
+        # non-strict capture in strict mode, which only takes longer), and the batch dimension is already dynamic
+        program = torch.export.export(module, (example,), dynamic_shapes=_dynamic_batch())
         # torch.onnx prints its steps ("[torch.onnx] Obtain model graph ...") on stdout, which is the command's
         with contextlib.redirect_stdout(io.StringIO()):
-            return torch.onnx.export(module, (example,), None, input_names=["images"], output_names=[output_name],
-                                     dynamic_shapes=_dynamic_batch(), dynamo=True, external_data=False,
-                                     verbose=False)
+            return torch.onnx.export(program, (example,), None, input_names=["images"], output_names=[output_name],
+                                     dynamo=True, external_data=False, verbose=False)
 
     def serialize(self, artifact: object) -> bytes:
         return artifact.model_proto.SerializeToString()  # type: ignore[attr-defined]
