@@ -248,13 +248,18 @@ def test_export_is_checked_against_the_model_before_it_is_kept(tmp_path: Path, f
     with pytest.raises(ExportError, match=f"the {fmt} file .*m differs from the model by up to"):
         export_model(_Stateful(), _spec(8), fmt, tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # the tolerance scales with outputs above 1 in magnitude (float32's resolution); infinities are left out
+    assert exporter.allowed_difference(torch.tensor([[float("-inf"), -300.0, 2.0]]), 1e-4) == pytest.approx(0.03)
+    assert exporter.allowed_difference(torch.tensor([[0.5, -0.2]]), 1e-5) == 1e-5
 
 
 # ------------------------------------------------------------------------------------------ output rules
 def _fake_run(root: Path) -> Path:
+    """A run directory with its files, and a stage-2 run inside it."""
     run = root / "run"
     (run / "tb").mkdir(parents=True)
-    for name in ("config.yaml", "checkpoint.pt", "metrics.json", "train.log"):
+    (run / "stage2_crt").mkdir()
+    for name in ("config.yaml", "checkpoint.pt", "metrics.json", "train.log", "stage2_crt/config.yaml"):
         (run / name).write_text(name)
     return run
 
@@ -270,6 +275,7 @@ def test_outputs_never_name_a_run_file_or_a_foreign_file(tmp_path: Path) -> None
         (run, "is the run directory itself"),
         (run / ".." / "run", "is the run directory itself"),
         (tmp_path / "notes.txt", "exists and was not written by ltcls-export"),
+        (run / "stage2_crt" / "m.pt2", "lies in another run's directory"),
     ]:
         if out.name == "notes.txt":
             out.write_text("mine")
@@ -315,7 +321,8 @@ def test_an_earlier_export_is_replaced_only_when_asked(tmp_path: Path) -> None:
     again = export_model(_tiny(1), _spec(8), "pt2", first.module, run)
     assert again.replaces and first.module.read_bytes() != old
     assert sorted(p.name for p in run.iterdir()) == sorted(["config.yaml", "checkpoint.pt", "metrics.json",
-                                                            "train.log", "tb", "model.pt2", "model.pt2.json"])
+                                                            "train.log", "tb", "stage2_crt", "model.pt2",
+                                                            "model.pt2.json"])
 
 
 # ------------------------------------------------------------------------------------------ faults

@@ -6,7 +6,8 @@ Rules (issue 21):
   ``model.pt2.json``), so the module and its json are never the same file, whatever ``--out`` is, and exports
   of one run in several formats (``model.pt2``, ``model.onnx``) each keep their own json.
 - A run's own files are never written: an output (module or json) naming one of :data:`RUN_OWNED` inside the
-  run directory, the run directory itself, or any existing file that an export did not create is refused.
+  run directory, the run directory itself, a file in another run's directory, or any existing file that an
+  export did not create is refused.
 - An export created a file when the json beside it is an export's json naming that file
   (:func:`is_export`); such a file given as ``--out`` is replaced atomically. A default output name
   (``RUN_DIR/model<suffix>``) never replaces an existing file: the refusal says to pass it as ``--out``.
@@ -81,6 +82,16 @@ def _check_not_run_file(path: Path, run_dir: Path | None, what: str) -> None:
                             "writes over a run: choose another --out")
 
 
+def _check_not_another_run(path: Path, run_dir: Path | None, what: str) -> None:
+    """A command never writes into another run's directory (a folder holding a run's config or checkpoint)."""
+    folder = path.parent
+    if run_dir is not None and folder.resolve() == run_dir.resolve():
+        return
+    if any((folder / name).exists() for name in ("config.yaml", "checkpoint.pt")):
+        raise OutputRefused(f"{what} '{path}' lies in another run's directory ('{folder}' holds a run); an export "
+                            "never writes into a run it was not made from: choose another --out")
+
+
 def _writable_folder(path: Path) -> None:
     """The nearest existing folder above ``path`` must be a writable folder (``path``'s folder is created)."""
     folder = path.parent
@@ -104,6 +115,7 @@ def plan_output(out: str | os.PathLike | None, suffix: str, run_dir: str | os.Pa
     what = "--out" if out is not None else "the default output"
     _check_not_run_file(module, run, what)
     _check_not_run_file(meta, run, f"the json beside {module.name}:")
+    _check_not_another_run(module, run, what)
     if module.is_dir() or meta.is_dir():
         raise OutputRefused(f"{what} '{module}' is a folder (or its json '{meta}' is); give a file name")
     ours = is_export(module)
