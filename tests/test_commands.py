@@ -195,14 +195,15 @@ def test_export_never_writes_over_a_run_and_fails_in_one_line(digits_run: Path, 
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """--out naming a run's file is refused (exit 2, the file untouched); the default name is written once and
     never replaced, an explicit --out of an earlier export is; --out model.json keeps its json apart
-    (model.json.json); a full disk is one line naming the file, exit 1, the previous export intact; the legacy
+    (model.json.json); a full disk is one line naming the file, exit 1, the previous export intact (Ctrl-C too,
+    exit 130); the legacy
     torchscript format warns in one log line, not with torch's FutureWarnings."""
     def refused(argv: list[str], code: int, expected: str) -> None:
         with pytest.raises(SystemExit) as e:
             export_cli.main([str(digits_run), *argv])
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]
-        assert e.value.code == code and last.startswith("ltcls-export: error: ") and expected in last, err
+        assert e.value.code == code and last.startswith("ltcls-export: ") and expected in last, err
         assert "Traceback" not in err
 
     checkpoint = (digits_run / "checkpoint.pt").read_bytes()
@@ -236,6 +237,13 @@ def test_export_never_writes_over_a_run_and_fails_in_one_line(digits_run: Path, 
 
     monkeypatch.setattr(exporter, "open", full_disk_open, raising=False)
     refused(["--out", str(out)], 1, f"no space left on device while writing {out} (the partial file was removed")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporter, "open", interrupted, raising=False)  # Ctrl-C while writing
+    refused(["--out", str(out)], 130, "interrupted by SIGINT; no file was written or changed")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     monkeypatch.undo()
 

@@ -69,6 +69,8 @@ def _export(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         paths = export_run(run, args.out, args.format)
     except ExportError as e:  # after the work started: exit 1 (refusals before it are ValueErrors: exit 2)
         p.exit(1, f"{p.prog}: error: {' '.join(str(e).split())}\n")
+    except KeyboardInterrupt:  # the temporary file is removed; the previous export is untouched
+        p.exit(130, f"{p.prog}: interrupted by SIGINT; no file was written or changed\n")
     sys.stdout.write(f"{paths.module}\n{paths.meta}\n")
     return 0
 

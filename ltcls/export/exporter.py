@@ -220,8 +220,7 @@ def _write_checked(paths: ExportPaths, fmt_name: str, fmt: ExportFormat, data: b
 
     def write(tmp: Path) -> None:
         _write_bytes(tmp, data)
-        with torch.no_grad():
-            got = fmt.load(tmp)(check)
+        got = _run_back(fmt_name, fmt, tmp, check, paths.module)
         max_diff = compare(got, eager, fmt.tolerance, f"the {fmt_name} file {paths.module}")
         result["max_diff"] = max_diff
         allowed = allowed_difference(eager, fmt.tolerance)
@@ -240,6 +239,17 @@ def _write_checked(paths: ExportPaths, fmt_name: str, fmt: ExportFormat, data: b
     except OSError as err:
         raise ExportError(_write_failure(paths.module, err)) from err
     return float(result["max_diff"])  # type: ignore[arg-type]
+
+
+def _run_back(fmt_name: str, fmt: ExportFormat, tmp: Path, check: torch.Tensor, module: Path) -> torch.Tensor:
+    """The written file loaded back with the format's loader and run on ``check``; :class:`ExportError` if it does
+    not load or run."""
+    try:
+        with torch.no_grad():
+            return fmt.load(tmp)(check)
+    except Exception as err:
+        raise ExportError(f"the {fmt_name} file {module} does not load and run back (so it was not kept): "
+                          f"{failure_reason(err)}") from err
 
 
 def _write_failure(path: Path, err: OSError) -> str:
@@ -275,7 +285,10 @@ def export_model(model: nn.Module, spec: ExportSpec, fmt: str = "pt2", out: str 
             raise ValueError(f"the model returns shape {tuple(eager.shape)} but {len(spec.class_names)} class names "
                              f"were given (expected (N, {len(spec.class_names)}))")
     artifact = _capture(fmt, fmt_impl, wrapped, example, spec.outputs)
-    data = fmt_impl.serialize(artifact)
+    try:
+        data = fmt_impl.serialize(artifact)
+    except Exception as err:  # e.g. an ONNX model over protobuf's 2 GB
+        raise ExportError(f"cannot serialize the model as {fmt}: {failure_reason(err)}") from err
     paths.module.parent.mkdir(parents=True, exist_ok=True)
     max_diff = _write_checked(paths, fmt, fmt_impl, data, check, eager, spec)
     replaced = ", replacing the earlier export" if paths.replaces else ""
