@@ -292,6 +292,8 @@ def test_outputs_never_name_a_run_file_or_a_foreign_file(tmp_path: Path) -> None
     (tmp_path / "other.pt2.json").write_text("{}")  # a json an export did not write
     with pytest.raises(OutputRefused, match="is not ltcls-export's json for other.pt2"):
         plan_output(tmp_path / "other.pt2", ".pt2", run)
+    with pytest.raises(OutputRefused, match="notes.txt' is not a folder"):  # a file where a folder should be
+        plan_output(tmp_path / "notes.txt" / "m.pt2", ".pt2", run)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
