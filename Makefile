@@ -38,6 +38,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_decoupled_gumbel.py
 	$(BIN)/python benchmarks/bench_lvis_eval.py
 	$(BIN)/python benchmarks/bench_peft.py
+	$(BIN)/python benchmarks/bench_export.py
 
 clean-venv:
 	rm -rf $(VENV)

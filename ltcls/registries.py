@@ -29,6 +29,10 @@ TASKS = Registry("task")
 #: picks a component by name (``loss``, ``sampler``, ...) is replaced whole, the others are updated key by key),
 #: ``summary`` (one line for ``--help``).
 METHODS = Registry("stage-2 method")
+#: Formats of ``ltcls-export`` (:class:`ltcls.export.formats.ExportFormat` subclasses). Metadata: ``suffix`` (the
+#: default file is ``RUN_DIR/model<suffix>``), ``summary`` (one line for ``--help``), ``legacy`` (kept for old
+#: consumers only), ``requires`` (importable modules the format needs beyond torch).
+EXPORT_FORMATS = Registry("export format")
 
 #: Config sections a plug-in adds (a dataclass each, like ``train:``). Metadata ``task``: the task whose datasets
 #: have the section (a config of another task's dataset must not set it).
@@ -99,6 +103,16 @@ METHODS.declare(
     preset={"loss": {"name": "gumbel", "clamp_max": None}, "sampler": {"name": "instance"},
             "train": {"epochs": 15, "lr": 1e-4, **_SHORT}},
     preset_by_dataset={name: {"train": {"epochs": 10, "lr": 1e-5}} for name in ("imagenet_lt", "places_lt")})
+
+EXPORT_FORMATS.declare(
+    "pt2", "ltcls.export.formats", suffix=".pt2", legacy=False, requires=(),
+    summary="torch.export ExportedProgram; load: torch.export.load(FILE).module()")
+EXPORT_FORMATS.declare(
+    "onnx", "ltcls.export.formats", suffix=".onnx", legacy=False, requires=("onnx", "onnxscript", "onnxruntime"),
+    summary="ONNX (torch.onnx's dynamo exporter); ONNX Runtime, TensorRT, OpenVINO")
+EXPORT_FORMATS.declare(
+    "torchscript", "ltcls.export.formats", suffix=".torchscript.pt", legacy=True, requires=(),
+    summary="LEGACY, old consumers only (torch.jit is deprecated); torch.jit.load(FILE)")
 
 
 def task_of(data_name: str) -> str:

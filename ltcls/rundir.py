@@ -216,9 +216,10 @@ def refuse_run_files(path: str | os.PathLike, what: str = "--out") -> None:
     for folder in (target, *target.parents):
         run = RunDir(folder)
         if run.config_path.is_file() and run.owns(target):
-            where = "is the run directory" if folder == target else f"is the run's own {target.relative_to(folder)}"
-            raise RunDirError(f"{what} {path}: {where} of {folder}; a command never writes over a run's files: "
-                              "choose another path")
+            where = ("is the run directory itself" if folder == target else
+                     f"is one of the run's own files ({target.relative_to(folder).parts[0]}) in {folder}")
+            raise RunDirError(f"{what} '{path}' {where}; a command never writes over a run's files: choose another "
+                              "path")
 
 
 class RunDirLock:

@@ -5,10 +5,13 @@ stage-2 runs (tau-norm's checkpoint, a dual head) work, and an image_folder run 
 from __future__ import annotations
 
 import csv
+import errno
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ from ltcls.cli import export as export_cli
 from ltcls.cli import predict as predict_cli
 from ltcls.cli import train_main
 from ltcls.engine.checkpoint import Checkpoint
+from ltcls.export import exporter, meta_path
 from ltcls.stage2.inference import load_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,11 +39,21 @@ SAME = ("overall", "many", "medium", "few", "mean_per_class", "per_class", "clas
         "num_classes", "class_names")
 DIGITS = [str(d) for d in range(10)]
 
-# Run where ltcls cannot be imported (conftest.run_without_ltcls).
+# Run where ltcls cannot be imported (conftest.run_without_ltcls): each exported file loaded as a consumer does.
 _LOAD_WITHOUT_LTCLS = """
 import torch
 x = torch.load(sys.argv[1])
-torch.save(torch.jit.load(sys.argv[2])(x), sys.argv[3])
+outputs = []
+for path in sys.argv[3:]:
+    if path.endswith(".onnx"):
+        import onnxruntime
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        outputs.append(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]))
+    elif path.endswith(".torchscript.pt"):
+        outputs.append(torch.jit.load(path)(x))
+    else:
+        outputs.append(torch.export.load(path).module()(x))
+torch.save(outputs, sys.argv[2])
 """
 
 
@@ -60,10 +74,12 @@ def _images(root: Path, n: int, seed: int) -> list[Path]:
     return paths
 
 
-def _exported_logits(module: Path, x: torch.Tensor, tmp_path: Path) -> torch.Tensor:
-    """The exported module's outputs on ``x``, computed in a Python that cannot import ltcls."""
+def _exported_logits(modules: list[Path], x: torch.Tensor, tmp_path: Path) -> list[torch.Tensor]:
+    """The exported files' outputs on ``x`` (pt2, ``.onnx`` or ``.torchscript.pt``), computed in a Python that
+    cannot import ltcls."""
     torch.save(x, tmp_path / "x.pt")
-    run_without_ltcls(_LOAD_WITHOUT_LTCLS, str(tmp_path / "x.pt"), str(module), str(tmp_path / "y.pt"), cwd=tmp_path)
+    run_without_ltcls(_LOAD_WITHOUT_LTCLS, str(tmp_path / "x.pt"), str(tmp_path / "y.pt"), *map(str, modules),
+                      cwd=tmp_path)
     return torch.load(tmp_path / "y.pt")
 
 
@@ -156,17 +172,86 @@ def test_predict_skips_a_corrupt_file(digits_run: Path, tmp_path: Path, capsys: 
 
 
 def test_exported_module_equals_the_model_without_ltcls(digits_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "digits.pt"
+    """The default format (pt2) and ONNX, run on a batch of another size than the export's where ltcls is not
+    importable, give the run's logits."""
+    out, onnx = tmp_path / "digits.pt2", tmp_path / "digits.onnx"
     assert export_cli.main([str(digits_run), "--out", str(out)]) == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
+    assert export_cli.main([str(digits_run), "--out", str(onnx), "--format", "onnx"]) == 0
+    meta = json.loads(meta_path(out).read_text())
     assert meta["class_names"] == DIGITS and meta["input_size"] == [16, 16] and meta["mean"] == [0.5, 0.5, 0.5]
-    assert meta["source_run"] == str(digits_run)
-    x = torch.rand(3, 3, 16, 16)
-    got = _exported_logits(out, x, tmp_path)
+    assert meta["source_run"] == str(digits_run) and meta["format"] == "pt2"
+    assert json.loads(meta_path(onnx).read_text())["format"] == "onnx"
+    x = torch.rand(5, 3, 16, 16)
+    got, got_onnx = _exported_logits([out, onnx], x, tmp_path)
     model = load_run(digits_run, with_data=False).model
     with torch.no_grad():
         expected = model(_normalized(x, meta))
-    assert got.shape == (3, 10) and (got - expected).abs().max() <= 1e-5
+    assert got.shape == (5, 10) and (got - expected).abs().max() <= 1e-5
+    assert got_onnx.shape == (5, 10) and (got_onnx - expected).abs().max() <= 1e-4
+
+
+def test_export_never_writes_over_a_run_and_fails_in_one_line(digits_run: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out naming a run's file is refused (exit 2, the file untouched); the default name is written once and
+    never replaced, an explicit --out of an earlier export is; --out model.json keeps its json apart
+    (model.json.json); a full disk is one line naming the file, exit 1, the previous export intact (Ctrl-C too,
+    exit 130); the legacy
+    torchscript format warns in one log line, not with torch's FutureWarnings."""
+    def refused(argv: list[str], code: int, expected: str) -> None:
+        with pytest.raises(SystemExit) as e:
+            export_cli.main([str(digits_run), *argv])
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert e.value.code == code and last.startswith("ltcls-export: ") and expected in last, err
+        assert "Traceback" not in err
+
+    checkpoint = (digits_run / "checkpoint.pt").read_bytes()
+    refused(["--out", str(digits_run / "checkpoint.pt")], 2, "is one of the run's own files (checkpoint.pt)")
+    refused(["--out", str(digits_run / "metrics")], 2, "is one of the run's own files (metrics.json)")
+    assert (digits_run / "checkpoint.pt").read_bytes() == checkpoint
+
+    assert export_cli.main([str(digits_run)]) == 0
+    default = digits_run / "model.pt2"
+    assert default.is_file() and meta_path(default).is_file()
+    refused([], 2, "a default output name never replaces a file: pass --out")
+    assert export_cli.main([str(digits_run), "--out", str(default)]) == 0
+    assert "replacing the earlier export" in capsys.readouterr().err
+
+    out = tmp_path / "model.json"
+    assert export_cli.main([str(digits_run), "--out", str(out)]) == 0
+    assert json.loads((tmp_path / "model.json.json").read_text())["file"] == "model.json"
+    assert torch.export.load(out).module()(torch.rand(1, 3, 16, 16)).shape == (1, 10)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk_open(path: Path, mode: str = "r"):
+        f = open(path, mode)  # noqa: SIM115 - closed by the caller's with statement
+        real_write = f.write
+
+        def write(data: bytes) -> int:
+            real_write(data[:4096])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        f.write = write
+        return f
+
+    monkeypatch.setattr(exporter, "open", full_disk_open, raising=False)
+    refused(["--out", str(out)], 1, f"no space left on device while writing {out} (the partial file was removed")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporter, "open", interrupted, raising=False)  # Ctrl-C while writing
+    refused(["--out", str(out)], 130, "interrupted by SIGINT; no file was written or changed")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert export_cli.main([str(digits_run), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 0
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], caught
+    assert "torchscript is a legacy format" in capsys.readouterr().err
 
 
 def test_tau_norm_stage2_with_dual_head(digits_run: Path, tmp_path: Path) -> None:
@@ -186,9 +271,10 @@ def test_tau_norm_stage2_with_dual_head(digits_run: Path, tmp_path: Path) -> Non
     for k in ("overall", "many", "medium", "few"):
         assert got["dual_head"]["combined"][k] == trained["dual_head"]["combined"][k], k
 
-    out = tmp_path / "dual.pt"
+    out = tmp_path / "dual.pt2"
     assert export_cli.main([str(stage2), "--out", str(out)]) == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(meta_path(out).read_text())
+    assert meta["output_name"] == "scores"
     assert meta["extra"]["tau"] == trained["tau"] and meta["extra"]["dual_head_threshold"] == 20
     x = torch.rand(2, 3, 16, 16)
     run = load_run(stage2, with_data=False)
@@ -199,7 +285,7 @@ def test_tau_norm_stage2_with_dual_head(digits_run: Path, tmp_path: Path) -> Non
     few = torch.as_tensor(run.class_counts <= 20)  # the tau-norm head's scores for these, stage 1's for the others
     assert few.any() and not few.all()
     assert torch.allclose(expected, torch.where(few[None, :], s2, s1), atol=1e-6)
-    assert (_exported_logits(out, x, tmp_path) - expected).abs().max() <= 1e-5
+    assert (_exported_logits([out], x, tmp_path)[0] - expected).abs().max() <= 1e-5
 
 
 @pytest.mark.slow
@@ -212,13 +298,12 @@ def test_stage2_runs_evaluate_and_export(digits_run: Path, tmp_path: Path, metho
     assert eval_cli.main([str(stage2), "--out", str(tmp_path / "eval")]) == 0
     got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {k: got[k] for k in SAME if k != "class_names"} == {k: trained[k] for k in SAME if k != "class_names"}
-    out = tmp_path / f"{method}.pt"
+    out = tmp_path / f"{method}.pt2"
     assert export_cli.main([str(stage2), "--out", str(out)]) == 0
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
-        expected = load_run(stage2, with_data=False).model(_normalized(x, json.loads(out.with_suffix(".json")
-                                                                                       .read_text())))
-    got_logits = torch.jit.load(str(out))(x)
+        expected = load_run(stage2, with_data=False).model(_normalized(x, json.loads(meta_path(out).read_text())))
+        got_logits = torch.export.load(out).module()(x)
     finite = torch.isfinite(expected)
     assert torch.equal(finite, torch.isfinite(got_logits)) and (got_logits - expected)[finite].abs().max() <= 1e-5
 
@@ -261,11 +346,11 @@ def test_image_folder_end_to_end(tmp_path: Path) -> None:
         preds = list(csv.DictReader(f))
     assert len(preds) == 4 and all(p["top1"] in names and p["top2"] in names for p in preds)
 
-    out = tmp_path / "folder.pt"
+    out = tmp_path / "folder.pt2"
     assert export_cli.main([str(run), "--out", str(out)]) == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(meta_path(out).read_text())
     assert meta["class_names"] == names and meta["num_classes"] == 3
-    assert torch.jit.load(str(out))(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+    assert torch.export.load(out).module()(torch.rand(2, 3, 16, 16)).shape == (2, 3)
 
 
 @pytest.mark.slow

@@ -75,4 +75,5 @@ def _interruptible(command: Callable[[argparse.Namespace], int], args: argparse.
     except KeyboardInterrupt:
         if not ctrl_c or debug_requested(args.debug):
             raise
-        raise UserError("interrupted by SIGINT (an output being written is either complete or absent)", 130) from None
+        raise UserError("interrupted by SIGINT; no file was written or changed (an output is written whole or not "
+                        "at all)", 130) from None

@@ -132,7 +132,8 @@ class NCMClassifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.fitted):
+        # An eager-mode check: torch.export cannot branch on a buffer's value (the exporter checks the eager model)
+        if not torch.compiler.is_exporting() and not bool(self.fitted):
             raise RuntimeError("NCMClassifier has no class means: call fit(train_features, train_labels) first")
         x = self._normalize(x)
         means = self.class_means.to(x.dtype)

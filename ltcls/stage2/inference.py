@@ -1,5 +1,5 @@
 """Use a finished run: load its model for inference (a stage-1 run or any stage-2 run directory), evaluate it
-with calibration and per-class reports, classify image files, export it.
+with calibration and per-class reports, classify image files, export it (pt2, ONNX, TorchScript).
 
 The model is rebuilt the way the run built it: the stage-1 config's model, then (stage 2) the method's
 inference model (:meth:`ltcls.stage2.runner.Stage2Method.inference_model`: a head, or SimCal's wrapper), then
@@ -30,7 +30,7 @@ from ltcls.engine.checkpoint import Checkpoint
 from ltcls.engine.evaluation import ClassificationEvaluator, EvalContext
 from ltcls.engine.inference import InferenceRunner
 from ltcls.engine.tasks import Task, build_stage_loss, build_task, seed_everything
-from ltcls.export import DualHeadClassifier, LossScores, export_torchscript
+from ltcls.export import DualHeadClassifier, ExportPaths, ExportSpec, LossScores, export_model
 from ltcls.io import AtomicFiles
 from ltcls.losses.base import LTLoss
 from ltcls.losses.logit_adjusted import logit_adjust
@@ -344,15 +344,15 @@ def save_predictions(out: str | Path, predictions: Predictions, replace: bool = 
     (write_predictions_json if out.suffix.lower() == ".json" else write_predictions_csv)(out, predictions, replace)
 
 
-def export_run(run: LoadedRun, out_path: str | Path | None = None) -> tuple[Path, Path]:
-    """TorchScript of the run's model (its dual head where it has one) with the normalisation inside, and the
-    json beside it (:func:`ltcls.export.export_torchscript`); default ``RUN_DIR/model.torchscript.pt``."""
+def export_run(run: LoadedRun, out_path: str | Path | None = None, fmt: str = "pt2") -> ExportPaths:
+    """The run's model (its dual head where it has one) with the normalisation inside, in format ``fmt``, and the
+    json beside it (:func:`ltcls.export.export_model`); default ``RUN_DIR/model.<format's suffix>``."""
     module, _ = run.inference_model()
     p = run.transform_params
     extra = {"method": run.method or "stage1", "tau": run.tau,
              "dual_head_threshold": run.cfg.stage2.dual_head_threshold if run.dual_head is not None else None,
              "dual_head_rule": run.dual_head.classifier.rule if run.dual_head is not None else None,
              "outputs": "dual-head scores" if run.dual_head is not None else "logits"}
-    out = Path(out_path) if out_path is not None else run.run_dir.path / "model.torchscript.pt"
-    return export_torchscript(module, out, p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir.path,
-                              extra)
+    spec = ExportSpec(p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir.path,
+                      "scores" if run.dual_head is not None else "logits", extra)
+    return export_model(module, spec, fmt, out_path, run.run_dir.path)
