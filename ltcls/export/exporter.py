@@ -25,10 +25,10 @@ from types import TracebackType
 import torch
 from torch import nn
 
+from ltcls.errors import UserError
 from ltcls.export.formats import ExportFormat, get_format
 from ltcls.export.modules import Normalized
 from ltcls.export.outputs import EXPORTED_BY, ExportPaths, plan_output
-from ltcls.errors import UserError
 from ltcls.io import atomic_write, atomic_write_text
 from ltcls.models.peft import adapter_names, merge_adapters
 from ltcls.registries import EXPORT_FORMATS
