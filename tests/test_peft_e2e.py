@@ -101,12 +101,12 @@ def test_eval_predict_export_on_a_lora_run(lora_run, tmp_path, capsys):
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 20, 3), dtype=np.uint8)).save(image)
     assert predict_main([str(lora_run), str(image), "--out", str(tmp_path / "p.csv")]) == 0
     assert (tmp_path / "p.csv").read_text().count("\n") == 2
-    module_path = tmp_path / "lora.pt"
+    module_path = tmp_path / "lora.pt2"
     assert export_main([str(lora_run), "--out", str(module_path)]) == 0
-    meta = json.loads(module_path.with_suffix(".json").read_text())
-    assert meta["merged_adapters"] == ["LORA"]
-    exported = torch.jit.load(str(module_path))
-    assert not any("lora" in n for n, _ in exported.named_parameters())
+    meta = json.loads((tmp_path / "lora.pt2.json").read_text())
+    assert meta["extra"]["merged_adapters"] == ["LORA"]
+    exported = torch.export.load(str(module_path)).module()
+    assert not any("lora" in n.lower() for n, _ in exported.named_parameters())
     run = load_run(lora_run, with_data=False)
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
