@@ -12,7 +12,8 @@ EPILOG = """\
 The module loads with torch.jit.load in a Python without ltcls, takes a float RGB tensor (N, 3, H, W) in
 [0, 1] at the run's eval size, normalizes it inside and returns logits (N, C) (a dual-head run: the dual
 head's scores). FILE.json beside it holds the class names, input size, mean / std and the source run. Every
-stage-2 method exports (tau_norm with its chosen tau).
+stage-2 method exports (tau_norm with its chosen tau). The export is the plain model: a run's test-time
+augmentation (eval.tta) is not part of it (FILE.json says so under extra.tta).
 
 examples:
   ltcls-export runs/digits_lt_ce                       # runs/digits_lt_ce/model.torchscript.pt

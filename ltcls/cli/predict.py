@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ltcls.cli.use import parser, run_command
+from ltcls.registries import TTAS
 
 EPILOG = """\
 PATH: image files or folders (searched recursively for files PIL reads). Images go through the run's eval
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE.csv|FILE.json", default="predictions.csv",
                    help="output file; the format follows the extension (default: predictions.csv)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch (default: 64)")
+    p.add_argument("--tta", choices=TTAS.names(), metavar="NAME",
+                   help="test-time augmentation (none, flip, five_crop; see ltcls-eval --help): the scores of the "
+                        "model's outputs averaged over the views of each image; default: the run's eval.tta")
     return p
 
 
@@ -39,7 +43,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ltcls.stage2.inference import load_run, predict_run  # lazy: as above
 
     run = load_run(args.run_dir, with_data=False)
-    predictions = predict_run(run, args.paths, topk=args.topk, batch_size=args.batch_size)
+    predictions = predict_run(run, args.paths, topk=args.topk, batch_size=args.batch_size, tta=args.tta)
     out.parent.mkdir(parents=True, exist_ok=True)
     (write_predictions_json if out.suffix.lower() == ".json" else write_predictions_csv)(out, predictions)
     bad = f", {len(predictions.unreadable)} unreadable (skipped)" if predictions.unreadable else ""

@@ -351,7 +351,7 @@ def _prepare(args: argparse.Namespace, cfg: C.Config, work_dir: Path) -> tuple[o
 
     task = build_task(cfg)
     if not args.stage2:
-        return check_run(cfg, task, work_dir), task
+        return check_run(cfg, task, work_dir, init_weights=not args.resume), task
     check_device(cfg.train.device)
     check_work_dir(work_dir)
     stage1 = load_stage1(cfg, task)  # the stage-1 checkpoint reads and fits its model

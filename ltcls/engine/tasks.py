@@ -23,8 +23,9 @@ from ltcls.engine.evaluation import ClassificationEvaluator, DatasetEvaluator, E
 from ltcls.engine.loops import autocast
 from ltcls.losses.base import LTLoss, build_loss
 from ltcls.metrics import GROUPS
-from ltcls.models.backbone import LTModel, create_backbone
+from ltcls.models.backbone import LTModel, create_backbone, feature_dim
 from ltcls.models.classifiers import build_classifier
+from ltcls.models.text_head import init_head
 from ltcls.registries import TASKS, task_of
 
 log = logging.getLogger("ltcls")
@@ -75,8 +76,10 @@ class Task:
     def build_model(self, cfg: Config, data: DataSplits) -> nn.Module:
         raise NotImplementedError
 
-    def build(self, cfg: Config) -> Run:
-        """Seed, then build the data splits, the model and the stage-1 loss of a run."""
+    def build(self, cfg: Config, init_weights: bool = True) -> Run:
+        """Seed, then build the data splits, the model and the stage-1 loss of a run. ``init_weights=False``: the
+        model's weights will be loaded from a checkpoint, so the initializations that need outside weights
+        (``classifier.init: text``) are skipped."""
         raise NotImplementedError
 
     def describe_data(self, cfg: Config, data: DataSplits) -> str:
@@ -134,10 +137,13 @@ class ClassificationTask(Task):
     def build_model(self, cfg: Config, data: DataSplits) -> LTModel:
         return build_model(cfg, data.num_classes)
 
-    def build(self, cfg: Config) -> Run:
+    def build(self, cfg: Config, init_weights: bool = True) -> Run:
         seed_everything(cfg.train.seed)
         data = self.build_data(cfg)
         model = self.build_model(cfg, data)
+        if init_weights:  # classifier.init (text: CLIP text embeddings of the class names)
+            init_head(model.classifier, cfg.classifier.params, data.class_names, cfg.classifier.name,
+                      text_encoder_device(cfg.train.device))
         loss = build_stage_loss(cfg, data)
         loss.init_classifier(model.classifier)
         return Run(data, model, loss)
@@ -172,9 +178,16 @@ def build_model(cfg: Config, num_classes: int) -> LTModel:
     """Backbone (``timm.create_model(..., num_classes=0)``) + the configured classifier head."""
     m = cfg.model
     backbone = create_backbone(m.name, pretrained=m.pretrained, drop_rate=m.drop_rate,
-                               drop_path_rate=m.drop_path_rate, **m.kwargs)
-    classifier = build_classifier(cfg.classifier.name, backbone.num_features, num_classes, **cfg.classifier.params)
+                               drop_path_rate=m.drop_path_rate, clip_projection=m.clip_projection, **m.kwargs)
+    classifier = build_classifier(cfg.classifier.name, feature_dim(backbone), num_classes, **cfg.classifier.params)
     return LTModel(backbone, classifier)
+
+
+def text_encoder_device(device: str) -> str:
+    """Where ``classifier.init: text`` encodes its prompts: the run's CUDA device where it trains on one, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device if device.startswith("cuda") else "cpu"
 
 
 def build_stage_loss(cfg: Config, data: DataSplits) -> LTLoss:

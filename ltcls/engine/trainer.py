@@ -28,6 +28,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from ltcls.config import Config, EvalConfig, TrainConfig
 from ltcls.data.base import DataSplits
 from ltcls.data.build import build_sampler
+from ltcls.data.tta import TTA
 from ltcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ltcls.engine.distributed import gather_shards, rank_shard
 from ltcls.engine.distributed import info as dist_info
@@ -376,7 +377,8 @@ class Trainer:
         """Evaluate with the task's evaluator; the history goes to the report, the final one to metrics.json."""
         split, dataset = self.eval_split(stage)
         ctx = self.eval_context(stage, step, epoch, split)
-        report = self.run_inference(self.module(stage), dataset, self.task.evaluator(dataset, ctx), f"eval {split}")
+        module, views = TTA.from_config(self.cfg).apply(self.module(stage), dataset)  # eval.tta (none: unchanged)
+        report = self.run_inference(module, views, self.task.evaluator(dataset, ctx), f"eval {split}")
         report.update(split=split, epoch=epoch, stage=stage.name,
                       class_names=[str(n) for n in self.data.class_names])
         self.task.report(report, ctx)

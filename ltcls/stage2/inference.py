@@ -32,6 +32,7 @@ from ltcls.data.base import DataSplits
 from ltcls.data.build import TRANSFORM_KEYS
 from ltcls.data.datasets.split_file import read_split_file
 from ltcls.data.transforms import build_transforms
+from ltcls.data.tta import TTA
 from ltcls.engine.checkpoint import CheckpointError, load_checkpoint
 from ltcls.engine.evaluation import ClassificationEvaluator
 from ltcls.engine.stage import Stage
@@ -139,7 +140,7 @@ def load_run(run_dir: str | Path, with_data: bool = True, tau: float | None = No
     stage1_cfg = load(stage1_dir / "config.yaml") if method else cfg
     task = build_task(cfg)
     if with_data:  # the data and the loss as the run built them (the task seeds first)
-        built = task.build(cfg)
+        built = task.build(cfg, init_weights=False)  # the checkpoint's weights follow
         data: Any = built.data
         names, loss, model = [str(n) for n in data.class_names], built.loss, built.model
     else:
@@ -245,14 +246,16 @@ def eval_dataset(run: LoadedRun, split: str, split_file: str | None = None) -> A
 
 
 def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = None,
-                 logit_adjust_tau: float | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+                 logit_adjust_tau: float | None = None, out_dir: str | Path | None = None,
+                 tta: str | None = None) -> dict[str, Any]:
     """Evaluate ``run`` on a split (or a split file) into ``out_dir`` (default :func:`default_eval_dir`).
 
     ``metrics.json`` holds the task's metrics, computed as training computes them (for the same split and
     checkpoint: the same numbers), ``class_names``, and for classification the calibration (``ece``,
     ``ece_many`` / ``ece_medium`` / ``ece_few``, ``nll``, ``calibration_bins``) of the loss's scores, with
     ``reliability.png``, ``confusion_matrix.png``, ``per_class_accuracy.png`` and ``per_class.csv``; a dual
-    head's accuracy under ``dual_head``. Returns the report.
+    head's accuracy under ``dual_head``. ``tta``: the test-time augmentation (default the run's ``eval.tta``;
+    ``ltcls.data.tta``), recorded as ``tta``. Returns the report.
     """
     out = Path(out_dir) if out_dir is not None else default_eval_dir(run.run_dir, split, split_file)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,10 +268,12 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
     if logit_adjust_tau is not None:
         ctx.logit_adjust_tau = float(logit_adjust_tau)
     evaluator = run.task.evaluator(dataset, ctx)
-    report = trainer.run_inference(run.model, dataset, evaluator, f"eval {split}")
+    augment = TTA.from_config(run.cfg, tta)
+    model, views = augment.apply(run.model, dataset)
+    report = trainer.run_inference(model, views, evaluator, f"eval {split}")
     report.update(split=split if split_file is None else str(split_file), stage="eval",
                   class_names=run.class_names, source_run=str(run.run_dir), method=run.method,
-                  logit_adjust_tau=ctx.logit_adjust_tau)
+                  logit_adjust_tau=ctx.logit_adjust_tau, tta=augment.name)
     if run.tau is not None:
         report["tau"] = run.tau
     run.task.report(report, ctx)
@@ -276,7 +281,8 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
         logits, labels = evaluator.outputs()
         _classification_reports(run, report, logits, labels, ctx.logit_adjust_tau, out)
         if run.dual_head is not None:
-            scores, labels = trainer.predict_dataset(run.dual_head, dataset, "eval dual head")
+            dual_head, views = augment.apply(run.dual_head, dataset)
+            scores, labels = trainer.predict_dataset(dual_head, views, "eval dual head")
             e = run.cfg.eval
             r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), run.class_counts, e.many_threshold,
                                 e.few_threshold)
@@ -335,15 +341,17 @@ def summary_table(report: dict[str, Any], keys: Sequence[str]) -> str:
 
 
 def predict_run(run: LoadedRun, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64,
-                num_workers: int = 0) -> Predictions:
+                num_workers: int = 0, tta: str | None = None) -> Predictions:
     """Top-k class names and scores of every image under ``paths`` (files, or folders searched recursively),
-    through the run's eval transform; unreadable files are reported and skipped."""
+    through the run's eval transform (with ``tta``, default the run's ``eval.tta``: its views, the scores of the
+    averaged outputs); unreadable files are reported and skipped."""
     images = find_images(paths)
     if not images:
         raise FileNotFoundError(f"no image files under {', '.join(str(p) for p in paths)}")
     device = resolve_device(run.cfg.train.device)
     module, scores = run.inference_model()
-    return predict_topk(module.to(device), images, run.eval_transform(), run.class_names, topk=topk,
+    module, transform = TTA.from_config(run.cfg, tta).wrap(module, run.eval_transform())
+    return predict_topk(module.to(device), images, transform, run.class_names, topk=topk,
                         batch_size=batch_size, device=device, num_workers=num_workers, scores=scores)
 
 
@@ -355,6 +363,7 @@ def export_run(run: LoadedRun, out_path: str | Path | None = None) -> tuple[Path
     extra = {"method": run.method or "stage1", "tau": run.tau,
              "dual_head_threshold": run.cfg.stage2.dual_head_threshold if run.dual_head is not None else None,
              "dual_head_rule": run.dual_head.classifier.rule if run.dual_head is not None else None,
-             "outputs": "dual-head scores" if run.dual_head is not None else "logits"}
+             "outputs": "dual-head scores" if run.dual_head is not None else "logits",
+             "tta": TTA.from_config(run.cfg).export_note()}
     out = Path(out_path) if out_path is not None else run.run_dir / "model.torchscript.pt"
     return export_torchscript(module, out, p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir, extra)
