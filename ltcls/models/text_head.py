@@ -201,9 +201,12 @@ def load_text_encoder(init: HeadInit) -> tuple[nn.Module, Callable[[list[str]], 
             model = open_clip.create_model(model_name, pretrained=path or None,
                                            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
         except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise ValueError(f"classifier.text_pretrained_file: '{path}' does not fit open_clip's {model_name}: "
-                             f"{first}") from None
+            first = " ".join(str(err).split())[:200]
+            if path:
+                raise ValueError(f"classifier.text_pretrained_file: '{path}' does not fit open_clip's {model_name}: "
+                                 f"{first}") from None
+            raise TextEncoderUnavailable(f"classifier.init: text: cannot load open_clip's {model_name} ({first}); "
+                                         "give its checkpoint as classifier.text_pretrained_file") from None
     return model.eval(), open_clip.get_tokenizer(model_name)
 
 
