@@ -98,6 +98,23 @@ def test_none_keeps_model_and_split_and_features_are_left_alone(caplog) -> None:
         ViewAverage(model)(torch.zeros(2, 5))
 
 
+def test_trainings_evaluation_runs_the_model_on_every_view(tmp_path: Path) -> None:
+    """eval.tta=five_crop: the Trainer's evaluation feeds the model 5 views of each test image, and reports one
+    prediction per image."""
+    from ltcls.engine import Stage, Trainer, build_task
+
+    cfg = C.load(ROOT / "configs" / "digits_lt_ce.yaml", ["model.name=cifar_resnet8", "data.img_size=16",
+                                                           "data.test_per_class=3", "eval.tta=five_crop"])
+    task = build_task(cfg)
+    run = task.build(cfg)
+    seen: list[tuple[int, ...]] = []
+    run.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    report = Trainer(run.model, run.data, cfg, tmp_path, task, hooks=[]).evaluate(
+        Stage("eval", run.loss, None, cfg.sampler), 0, 0)
+    assert sum(shape[0] for shape in seen) == 5 * 30 and all(shape[1:] == (3, 16, 16) for shape in seen)
+    assert sum(report["group_sizes"].values()) == 10 and len(report["per_class"]) == 10
+
+
 @pytest.mark.slow
 def test_evaluation_with_tta_end_to_end(tmp_path: Path, capsys) -> None:
     """A digits run evaluated with eval.tta=flip in training; ltcls-eval (its eval.tta by default) gives the same

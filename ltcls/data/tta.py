@@ -34,13 +34,10 @@ log = logging.getLogger("ltcls")
 
 
 class StackViews:
-    """``torch.stack([per_view(v) for v in views])``: a tuple of PIL crops -> ``(K, 3, H, W)``."""
+    """A tuple of K ``(3, H, W)`` views -> ``(K, 3, H, W)``."""
 
-    def __init__(self, per_view: Callable) -> None:
-        self.per_view = per_view
-
-    def __call__(self, views: Sequence[object]) -> torch.Tensor:
-        return torch.stack([self.per_view(v) for v in views])
+    def __call__(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(views))
 
 
 class AddMirror:
@@ -66,13 +63,13 @@ def flip_views(params: Mapping[str, object], expand: int) -> Callable:
 @TTAS.register("five_crop")
 def five_crop_views(params: Mapping[str, object], expand: int) -> Callable:
     """LIFT's five crops (K = 5): short side resized to ``img_size + expand``, the four corner crops and the centre
-    crop of ``img_size``, each normalized (torchvision's ``FiveCrop`` order: top-left, top-right, bottom-left,
-    bottom-right, centre)."""
+    crop of ``img_size`` (torchvision's ``FiveCrop`` order: top-left, top-right, bottom-left, bottom-right, centre),
+    normalized. The resized image is converted and normalized once and cropped as a tensor: per-pixel steps commute
+    with crops, so the crops equal LIFT's crop-then-normalize ones, with one conversion instead of five."""
     build_transforms(**params)  # the same checks of the transform keys as the eval transform
     size = int(params["img_size"])  # type: ignore[call-overload]
-    per_view = T.Compose([T.ToTensor(), T.Normalize(params["mean"], params["std"])])
     return T.Compose([T.Resize(size + expand, interpolation=str_to_interp_mode(str(params["interpolation"]))),
-                      T.FiveCrop(size), StackViews(per_view)])
+                      T.ToTensor(), T.Normalize(params["mean"], params["std"]), T.FiveCrop(size), StackViews()])
 
 
 class ViewAverage(nn.Module):
