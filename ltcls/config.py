@@ -119,8 +119,9 @@ class EvalConfig:
 
     ``tta``: test-time augmentation of every evaluation (``ltcls.data.tta``): ``none``, ``flip`` (the view and its
     mirror image) or ``five_crop`` (LIFT's: short side resized to ``img_size + tta_expand``, four corner crops and
-    the centre one); the model's outputs are averaged over the views. ``batch_size`` counts images (a five-crop
-    batch runs 5x as many views). ``ltcls-eval`` / ``ltcls-predict`` use it too (``--tta`` overrides it).
+    the centre one); the model's outputs are averaged over the views (run one view of a batch at a time, so a
+    forward holds ``batch_size`` images as without augmentation). ``ltcls-eval`` / ``ltcls-predict`` use it too
+    (``--tta`` overrides it).
     """
 
     interval: int = 0
