@@ -45,8 +45,8 @@ def create_backbone(name: str, pretrained: bool = False, drop_rate: float = 0.0,
 
 def feature_dim(backbone: nn.Module) -> int:
     """The width of a backbone's output: a kept head's (a CLIP projection: timm's ``num_classes``), else the
-    pooled features' (``num_features``)."""
-    return int(backbone.num_classes or backbone.num_features)
+    pooled features' (``num_features``; a module that is not a timm model may have only that)."""
+    return int(getattr(backbone, "num_classes", 0) or backbone.num_features)
 
 
 class LTModel(nn.Module):
