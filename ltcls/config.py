@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ltcls.registries import CONFIG_SECTIONS, PEFT_METHODS, SECTIONS, task_of
+from ltcls.registries import CONFIG_SECTIONS, PEFT_METHODS, SECTIONS, TTAS, task_of
 from ltcls.registry import Schema, signature_schema
 
 log = logging.getLogger("ltcls")
@@ -139,7 +139,14 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """``eval:`` when and how to evaluate, and the many / medium / few thresholds (Kang et al.)."""
+    """``eval:`` when and how to evaluate, and the many / medium / few thresholds (Kang et al.).
+
+    ``tta``: test-time augmentation of every evaluation (``ltcls.data.tta``): ``none``, ``flip`` (the view and its
+    mirror image) or ``five_crop`` (LIFT's: short side resized to ``img_size + tta_expand``, four corner crops and
+    the centre one); the model's outputs are averaged over the views (run one view of a batch at a time, so a
+    forward holds ``batch_size`` images as without augmentation). ``ltcls-eval`` / ``ltcls-predict`` use it too
+    (``--tta`` overrides it).
+    """
 
     interval: int = 0
     split: Literal["test", "val"] = "test"
@@ -147,12 +154,17 @@ class EvalConfig:
     many_threshold: int = 100
     few_threshold: int = 20
     logit_adjust_tau: float = 0.0
+    tta: str = "none"
+    tta_expand: int = 24
 
     def __post_init__(self) -> None:
         check_range("eval", self, {
             "interval": (0, None, "an integer >= 0 (0: evaluate only at the end)"),
             "batch_size": (1, None, "an integer >= 1"), "many_threshold": (1, None, "an integer >= 1"),
-            "few_threshold": (0, None, "an integer >= 0"), "logit_adjust_tau": (0, None, "a value >= 0")})
+            "few_threshold": (0, None, "an integer >= 0"), "logit_adjust_tau": (0, None, "a value >= 0"),
+            "tta_expand": (0, None, "an integer >= 0 (pixels)")})
+        if self.tta not in TTAS:
+            raise ConfigError(f"eval.tta: expected one of {', '.join(TTAS.names())}, got {self.tta!r}")
         if self.few_threshold >= self.many_threshold:
             raise ConfigError(f"eval.few_threshold ({self.few_threshold}) must be below eval.many_threshold "
                               f"({self.many_threshold})")
@@ -195,7 +207,9 @@ class ModelConfig:
     implies pretrained). ``freeze``: the backbone does not train (its parameters frozen, and without a
     ``peft`` method kept in eval mode: BatchNorm statistics and dropout fixed); the head trains.
     ``peft``: parameter-efficient fine-tuning (:class:`PeftConfig`).
-    """
+    ``clip_projection``: a timm CLIP image tower (``vit_base_patch16_clip_quickgelu_224.openai``, ...) keeps its
+    projection into CLIP's joint image-text space, so its features are CLIP image embeddings (what
+    ``classifier.init: text`` needs; ``ltcls.models.backbone``)."""
 
     name: str = "cifar_resnet20"
     pretrained: bool = False
@@ -203,6 +217,7 @@ class ModelConfig:
     freeze: bool = False
     drop_rate: float = 0.0
     drop_path_rate: float | None = None
+    clip_projection: bool = False
     kwargs: dict = field(default_factory=dict)
     peft: PeftConfig = field(default_factory=PeftConfig)
 

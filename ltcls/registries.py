@@ -18,10 +18,15 @@ DATASETS = Registry("dataset", runtime=("train_transform", "eval_transform"),
 #: Samplers take their hyper-parameters from ``sampler.*``; the trainer passes the runtime facts.
 SAMPLERS = Registry("sampler", runtime=("targets", "seed", "epochs", "num_replicas", "rank", "dataset"),
                     section="sampler")
-#: Classifier heads: ``(in_features, num_classes, **hyperparams)``.
-CLASSIFIERS = Registry("classifier", runtime=("in_features", "num_classes"), section="classifier")
+#: Classifier heads: ``(in_features, num_classes, **hyperparams)``. Every classifier section also takes the keys of
+#: how the head starts (``init: default | text`` and the text encoder's: ``ltcls.models.text_head.HeadInit``).
+CLASSIFIERS = Registry("classifier", runtime=("in_features", "num_classes"), common="ltcls.models.text_head:HeadInit",
+                       section="classifier")
 #: Losses: runtime facts ``num_classes`` and ``class_counts`` come from the data.
 LOSSES = Registry("loss", runtime=("num_classes", "class_counts"), section="loss")
+#: Test-time augmentations (``eval.tta``): ``factory(transform_params, expand)`` -> the transform giving K views per
+#: image, or None (``ltcls.data.tta``).
+TTAS = Registry("test-time augmentation")
 #: Tasks: how the shared Trainer builds, trains and evaluates a run of a kind of dataset.
 TASKS = Registry("task")
 #: Decoupled second stages (``ltcls-train --stage2 METHOD``). Metadata: ``task`` (the kind of stage-1 run
@@ -62,6 +67,9 @@ for _name, _module in {
     "ldam": "ldam", "logit_adjusted": "logit_adjusted", "seesaw": "seesaw", "seesaw_det": "seesaw_det",
 }.items():
     LOSSES.declare(_name, f"ltcls.losses.{_module}")
+
+for _name in ("none", "flip", "five_crop"):
+    TTAS.declare(_name, "ltcls.data.tta")
 
 TASKS.declare("classification", "ltcls.engine.tasks")
 

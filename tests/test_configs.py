@@ -14,20 +14,7 @@ from ltcls.engine import Stage, Trainer, build_run, build_task
 from ltcls.rundir import RunDir
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-#: Keys of the CLIP configs built on another branch (issue 19: the text-initialized head and test-time
-#: augmentation). Until both branches are merged these configs do not resolve here; the strict xfail then fails
-#: (XPASS) and tells whoever merges to remove this marker.
-_OTHER_BRANCH = pytest.mark.xfail(strict=True, raises=C.ConfigError,
-                                  reason="classifier.init / eval.tta / model.clip_projection: h-texthead's keys")
-
-
-def _param(path: Path):
-    text = path.read_text()
-    pending = any(key in text for key in ("clip_projection:", "  init: text", "  tta: "))
-    return pytest.param(path, marks=_OTHER_BRANCH if pending else (), id=path.name)
-
-
-@pytest.mark.parametrize("path", [_param(p) for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_config_resolves(path):
     cfg = C.load(path)
     assert C.resolve(cfg) == cfg

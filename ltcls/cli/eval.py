@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ltcls.cli.use import parser, run_command
+from ltcls.registries import TTAS
 from ltcls.rundir import refuse_run_files
 
 EPILOG = """\
@@ -25,6 +26,7 @@ examples:
   ltcls-eval runs/digits_lt_ce --logit-adjust-tau 1.0      # post-hoc logit adjustment, no retraining
   ltcls-eval runs/digits_lt_ce --tau 0.8                   # tau-normalized head, no retraining
   ltcls-eval runs/digits_lt_ce/stage2_tau_norm             # a stage-2 run (its chosen tau)
+  ltcls-eval runs/imagenet_lt_clip_lift --tta five_crop    # LIFT's test-time ensembling (5 crops, logits averaged)
 """
 
 
@@ -41,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "eval.logit_adjust_tau)")
     p.add_argument("--tau", type=float, metavar="TAU",
                    help="tau-normalize the head (W / ||W||^TAU; a linear or tau_norm head) before evaluating")
+    p.add_argument("--tta", choices=TTAS.names(), metavar="NAME",
+                   help="test-time augmentation, the model's outputs averaged over the views of each image: none, "
+                        "flip (the view and its mirror image), five_crop (LIFT's: short side resized to img_size + "
+                        "eval.tta_expand, four corner crops and the centre one); default: the run's eval.tta; "
+                        "recorded as 'tta' in metrics.json")
     return p
 
 
@@ -51,7 +58,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ltcls.stage2.inference import evaluate_run, load_run, summary_table  # lazy: --help without torch
 
     run = load_run(args.run_dir, tau=args.tau)
-    report = evaluate_run(run, args.split, args.split_file, args.logit_adjust_tau, args.out)
+    report = evaluate_run(run, args.split, args.split_file, args.logit_adjust_tau, args.out, tta=args.tta)
     sys.stdout.write(f"{args.run_dir} on {report.split} ({run.task.metric_title or 'metrics'}):\n"
                      + summary_table(report, run.task.summary_keys) + "\n")
     return 0

@@ -16,7 +16,8 @@ it inside and returns logits (N, C) (a dual-head run: the dual head's scores). F
 name with .json appended) holds the class names, input size, mean / std and the source run. Every stage-2
 method exports (tau_norm with its chosen tau). The file is written to a temporary name, loaded back and
 compared with the model (pt2 / torchscript within 1e-5, ONNX with ONNX Runtime within 1e-4), then renamed:
-a failure leaves no partial file and a previous export intact.
+a failure leaves no partial file and a previous export intact. The export is the plain model: a run's
+test-time augmentation (eval.tta) is not part of it (FILE.json says so under extra.tta).
 
 An export never writes over a run's own files or over a file it did not create. An existing --out FILE that an
 earlier export wrote is replaced; the default name never replaces an existing file.

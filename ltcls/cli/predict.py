@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ltcls.cli.use import parser, run_command
+from ltcls.registries import TTAS
 from ltcls.rundir import refuse_run_files
 
 #: The output file when no --out is given; it never replaces an existing file.
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file; the format follows the extension; an existing FILE is replaced (default: "
                         f"{DEFAULT_OUT}, never replaced)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch (default: 64)")
+    p.add_argument("--tta", choices=TTAS.names(), metavar="NAME",
+                   help="test-time augmentation (none, flip, five_crop; see ltcls-eval --help): the scores of the "
+                        "model's outputs averaged over the views of each image; default: the run's eval.tta")
     return p
 
 
@@ -58,7 +62,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ltcls.stage2.inference import load_run, predict_run, save_predictions  # lazy: --help without torch
 
     run = load_run(args.run_dir, with_data=False)
-    predictions = predict_run(run, args.paths, topk=args.topk, batch_size=args.batch_size)
+    predictions = predict_run(run, args.paths, topk=args.topk, batch_size=args.batch_size, tta=args.tta)
     if not predictions.rows:
         first = predictions.unreadable[0]
         raise ValueError(f"none of the {len(predictions.unreadable)} image file(s) under {', '.join(args.paths)} "

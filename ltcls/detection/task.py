@@ -114,8 +114,12 @@ class DetectionTask(Task):
     def build_model(self, cfg: Config, data: DataSplits) -> LTMaskRCNN:
         return build_detector(cfg, data)
 
-    def build(self, cfg: Config) -> Run:
-        """Seed, then the LVIS splits, the detector and its loss (the same object the RoI heads use)."""
+    def build(self, cfg: Config, init_weights: bool = True) -> Run:
+        """Seed, then the LVIS splits, the detector and its loss (the same object the RoI heads use).
+        (``init_weights``: see :meth:`Task.build`; the detector has no text-initialized head.)"""
+        if cfg.classifier.get("init", "default") != "default":
+            raise ValueError(f"classifier.init: {cfg.classifier.init} applies to classification runs; detection heads "
+                             "start from their default initialization")
         seed_everything(cfg.train.seed)
         data = self.build_data(cfg)
         model = self.build_model(cfg, data)

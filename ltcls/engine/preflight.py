@@ -154,15 +154,16 @@ def check_data(cfg: Config, data: DataSplits) -> None:
     check_images_open(data.get(cfg.eval.split), cfg.eval.split)
 
 
-def check_run(cfg: Config, task: Task, work_dir: Path) -> Run:
-    """Every start-up check of a stage-1 run; returns the built run (data, model, loss) for training to use.
+def check_run(cfg: Config, task: Task, work_dir: Path, init_weights: bool = True) -> Run:
+    """Every start-up check of a stage-1 run; returns the built run (data, model, loss) for training to use
+    (``init_weights=False`` on ``--resume``: the checkpoint's weights follow, see ``Task.build``).
     (A stage 2's checks: the command loads the stage-1 run with ``ltcls.stage2.runner.load_stage1`` and runs
     :func:`check_device`, :func:`check_work_dir` and :func:`check_data` on it.)"""
     check_device(cfg.train.device)
     check_batch_split(cfg.train)  # before the data is built (again in check_data, the path of a stage 2)
     check_optimizer(cfg.train)
     check_work_dir(work_dir)
-    run = task.build(cfg)
+    run = task.build(cfg, init_weights=init_weights)
     check_data(cfg, run.data)
     build_optimizer(cfg.train, run.model)  # its parameter groups (layer decay needs a backbone's layer order)
     return run

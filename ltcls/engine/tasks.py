@@ -23,9 +23,10 @@ from ltcls.engine.evaluation import ClassificationEvaluator, DatasetEvaluator, E
 from ltcls.engine.loops import autocast
 from ltcls.losses.base import LTLoss, build_loss
 from ltcls.metrics import GROUPS
-from ltcls.models.backbone import LTModel, create_backbone
+from ltcls.models.backbone import LTModel, create_backbone, feature_dim
 from ltcls.models.classifiers import build_classifier
 from ltcls.models.peft import adapt_backbone
+from ltcls.models.text_head import init_head
 from ltcls.registries import TASKS, task_of
 from ltcls.results import EvalReport
 
@@ -81,8 +82,10 @@ class Task:
         """The loss of a config (its ``scores`` are the model's inference scores), with the data's facts."""
         raise NotImplementedError
 
-    def build(self, cfg: Config) -> Run:
-        """Seed, then build the data splits, the model and the stage-1 loss of a run."""
+    def build(self, cfg: Config, init_weights: bool = True) -> Run:
+        """Seed, then build the data splits, the model and the stage-1 loss of a run. ``init_weights=False``: the
+        model's weights will be loaded from a checkpoint, so the initializations that need outside weights
+        (``classifier.init: text``) are skipped."""
         raise NotImplementedError
 
     def describe_data(self, cfg: Config, data: DataSplits) -> str:
@@ -142,10 +145,13 @@ class ClassificationTask(Task):
     def build_loss(self, cfg: Config, data: DataSplits) -> LTLoss:
         return build_stage_loss(cfg, data)
 
-    def build(self, cfg: Config) -> Run:
+    def build(self, cfg: Config, init_weights: bool = True) -> Run:
         seed_everything(cfg.train.seed)
         data = self.build_data(cfg)
         model = self.build_model(cfg, data)
+        if init_weights:  # classifier.init (text: CLIP text embeddings of the class names)
+            init_head(model.classifier, cfg.classifier.params, data.class_names, cfg.classifier.name,
+                      text_encoder_device(cfg.train.device))
         loss = self.build_loss(cfg, data)
         loss.init_classifier(model.classifier)
         return Run(data, model, loss)
@@ -181,10 +187,18 @@ def build_model(cfg: Config, num_classes: int) -> LTModel:
     (``model.freeze``) and adapted (``model.peft``), + the configured classifier head."""
     m = cfg.model
     backbone = create_backbone(m.name, pretrained=m.pretrained, drop_rate=m.drop_rate,
-                               drop_path_rate=m.drop_path_rate, pretrained_file=m.pretrained_file, **m.kwargs)
+                               drop_path_rate=m.drop_path_rate, pretrained_file=m.pretrained_file,
+                               clip_projection=m.clip_projection, **m.kwargs)
     backbone = adapt_backbone(backbone, m.peft, freeze=m.freeze)
-    classifier = build_classifier(cfg.classifier.name, backbone.num_features, num_classes, **cfg.classifier.params)
+    classifier = build_classifier(cfg.classifier.name, feature_dim(backbone), num_classes, **cfg.classifier.params)
     return LTModel(backbone, classifier, frozen_backbone=m.freeze and m.peft.method == "none")
+
+
+def text_encoder_device(device: str) -> str:
+    """Where ``classifier.init: text`` encodes its prompts: the run's CUDA device where it trains on one, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device if device.startswith("cuda") else "cpu"
 
 
 def build_stage_loss(cfg: Config, data: DataSplits) -> LTLoss:

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ltcls.config import Config
 from ltcls.data.base import DataSplits, Split
 from ltcls.data.build import build_sampler
+from ltcls.data.tta import TTA
 from ltcls.engine.checkpoint import Checkpoint, TrainingState, rng_state, set_rng_state
 from ltcls.engine.distributed import info as dist_info
 from ltcls.engine.evaluation import EvalContext
@@ -314,8 +315,8 @@ class Trainer:
         """Evaluate with the task's evaluator; the report joins the history; the final one goes to metrics.json."""
         split, dataset = self.eval_split(stage)
         ctx = self.eval_context(stage, step, epoch, split)
-        evaluation = self.runner.evaluate(self.module(stage), dataset, self.task.evaluator(dataset, ctx),
-                                          f"eval {split}")
+        module, views = TTA.from_config(self.cfg).apply(self.module(stage), dataset)  # eval.tta (none: unchanged)
+        evaluation = self.runner.evaluate(module, views, self.task.evaluator(dataset, ctx), f"eval {split}")
         report = EvalReport.of(evaluation, split=split, epoch=epoch, stage=stage.name,
                                num_classes=int(self.data.num_classes), class_names=self.data.class_names)
         bad = {name: self.data.get(name).bad_image_count for name in ("train", "val", "test") if self.data.has(name)}

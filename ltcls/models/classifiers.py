@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltcls.models.text_head import without_init_keys
 from ltcls.registries import CLASSIFIERS
 
 
@@ -73,5 +74,9 @@ class NormalizedClassifier(nn.Module):
 
 
 def build_classifier(name: str, in_features: int, num_classes: int, **hyperparams) -> nn.Module:
-    """Build a registered classifier head for ``in_features``-dim features and ``num_classes`` classes."""
-    return CLASSIFIERS.build(name, hyperparams, in_features=in_features, num_classes=num_classes)
+    """Build a registered classifier head for ``in_features``-dim features and ``num_classes`` classes.
+
+    The keys every classifier section has about how the head starts (``init``, ``templates``, ...:
+    :class:`ltcls.models.text_head.HeadInit`) are not the constructor's: they are dropped here and applied by
+    :func:`ltcls.models.text_head.init_head` where a run starts training."""
+    return CLASSIFIERS.build(name, without_init_keys(hyperparams), in_features=in_features, num_classes=num_classes)

@@ -26,6 +26,7 @@ from ltcls.data.base import DataSplits, Split
 from ltcls.data.build import TRANSFORM_KEYS
 from ltcls.data.datasets.split_file import read_split_file
 from ltcls.data.transforms import build_transforms
+from ltcls.data.tta import TTA
 from ltcls.engine.checkpoint import Checkpoint
 from ltcls.engine.evaluation import ClassificationEvaluator, EvalContext
 from ltcls.engine.inference import InferenceRunner
@@ -212,14 +213,16 @@ def eval_dataset(run: LoadedRun, split: str, split_file: str | None = None) -> S
 
 
 def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = None,
-                 logit_adjust_tau: float | None = None, out_dir: str | Path | None = None) -> EvalReport:
+                 logit_adjust_tau: float | None = None, out_dir: str | Path | None = None,
+                 tta: str | None = None) -> EvalReport:
     """Evaluate ``run`` on a split (or a split file) into ``out_dir`` (default :func:`default_eval_dir`).
 
     ``metrics.json`` holds the task's metrics, computed as training computes them (for the same split and
     checkpoint: the same numbers), ``class_names``, and for classification the calibration (``ece``,
     ``ece_many`` / ``ece_medium`` / ``ece_few``, ``nll``, ``calibration_bins``) of the loss's scores, with
     ``reliability.png``, ``confusion_matrix.png``, ``per_class_accuracy.png`` and ``per_class.csv``; a dual
-    head's accuracy under ``dual_head``. Returns the report.
+    head's accuracy under ``dual_head``. ``tta``: the test-time augmentation (default the run's ``eval.tta``;
+    ``ltcls.data.tta``), recorded as ``tta``. Returns the report.
     """
     if run.data is None:
         raise ValueError("evaluate_run needs a run loaded with its data (load_run(..., with_data=True))")
@@ -232,10 +235,13 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
                       few_threshold=e.few_threshold, scores=run.loss.scores, model=run.model, stage="eval", split=split,
                       logit_adjust_tau=e.logit_adjust_tau if logit_adjust_tau is None else float(logit_adjust_tau))
     evaluator = run.task.evaluator(dataset, ctx)
-    evaluation = runner.evaluate(run.model, dataset, evaluator, f"eval {split}")
+    augment = TTA.from_config(run.cfg, tta)
+    model, views = augment.apply(run.model, dataset)
+    evaluation = runner.evaluate(model, views, evaluator, f"eval {split}")
     report = EvalReport.of(evaluation, split=split if split_file is None else str(split_file), epoch=0, stage="eval",
                            num_classes=len(run.class_names), class_names=run.class_names)
-    source = {"source_run": str(run.run_dir), "method": run.method, "logit_adjust_tau": ctx.logit_adjust_tau}
+    source = {"source_run": str(run.run_dir), "method": run.method, "logit_adjust_tau": ctx.logit_adjust_tau,
+              "tta": augment.name}
     report = report.with_sections(Values(source if run.tau is None else {**source, "tau": run.tau}))
     run.task.report(report, ctx)
     with AtomicFiles() as files:  # every output is renamed into place only once all are written; none on failure
@@ -244,15 +250,16 @@ def evaluate_run(run: LoadedRun, split: str = "test", split_file: str | None = N
             report = report.with_sections(_classification_reports(run, report, logits, labels,
                                                                   ctx.logit_adjust_tau, out, files))
             if run.dual_head is not None:
-                report = report.with_sections(_dual_head_section(run, runner, dataset))
+                report = report.with_sections(_dual_head_section(run, runner, *augment.apply(run.dual_head, dataset)))
         write_json(out / METRICS, report.to_json(), files)  # renamed last: its presence marks a complete set
     log.info("wrote %s", out / METRICS)
     return report
 
 
-def _dual_head_section(run: LoadedRun, runner: InferenceRunner, dataset: Split) -> Nested:
-    """The dual head's accuracy on ``dataset`` (``dual_head`` in metrics.json)."""
-    scores, labels = runner.predict(run.dual_head, dataset, "eval dual head")
+def _dual_head_section(run: LoadedRun, runner: InferenceRunner, dual_head: nn.Module, dataset: Split) -> Nested:
+    """The dual head's accuracy on ``dataset`` (``dual_head`` in metrics.json; with the test-time augmentation
+    the evaluation uses)."""
+    scores, labels = runner.predict(dual_head, dataset, "eval dual head")
     e, s2 = run.cfg.eval, run.cfg.stage2
     r = accuracy_report(scores.argmax(1).numpy(), labels.numpy(), run.class_counts, e.many_threshold, e.few_threshold)
     return Nested("dual_head", {"threshold": s2.dual_head_threshold, "weight": s2.combine_weight,
@@ -324,16 +331,19 @@ def predict_images(runner: InferenceRunner, module: nn.Module, paths: Sequence[s
     return top.result
 
 
-def predict_run(run: LoadedRun, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64) -> Predictions:
+def predict_run(run: LoadedRun, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64,
+                tta: str | None = None) -> Predictions:
     """Top-k class names and scores of every image under ``paths`` (files, or folders searched recursively),
-    through the run's eval transform; unreadable files are reported and skipped."""
+    through the run's eval transform (with ``tta``, default the run's ``eval.tta``: its views, the scores of the
+    averaged outputs); unreadable files are reported and skipped."""
     images = find_images(paths)
     if not images:
         raise FileNotFoundError(f"no image files under {', '.join(str(p) for p in paths)}")
     module, scores = run.inference_model()
+    module, transform = TTA.from_config(run.cfg, tta).wrap(module, run.eval_transform())
     runner = run.runner()
     runner.batch_size = batch_size
-    return predict_images(runner, module, images, run.eval_transform(), run.class_names, topk, scores)
+    return predict_images(runner, module, images, transform, run.class_names, topk, scores)
 
 
 def save_predictions(out: str | Path, predictions: Predictions, replace: bool = True) -> None:
@@ -352,7 +362,8 @@ def export_run(run: LoadedRun, out_path: str | Path | None = None, fmt: str = "p
     extra = {"method": run.method or "stage1", "tau": run.tau,
              "dual_head_threshold": run.cfg.stage2.dual_head_threshold if run.dual_head is not None else None,
              "dual_head_rule": run.dual_head.classifier.rule if run.dual_head is not None else None,
-             "outputs": "dual-head scores" if run.dual_head is not None else "logits"}
+             "outputs": "dual-head scores" if run.dual_head is not None else "logits",
+             "tta": TTA.from_config(run.cfg).export_note()}
     spec = ExportSpec(p["mean"], p["std"], p["img_size"], run.class_names, run.run_dir.path,
                       "scores" if run.dual_head is not None else "logits", extra)
     return export_model(module, spec, fmt, out_path, run.run_dir.path)

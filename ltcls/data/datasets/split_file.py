@@ -393,6 +393,29 @@ def warn_empty_classes(split: SplitList, num_classes: int, classes: Sequence[str
     return empty
 
 
+def read_class_names(path: str, num_classes: int) -> list[str]:
+    """The class names of a names file: UTF-8, one name per line, line n naming label n - 1 (surrounding spaces
+    dropped, a byte-order mark and trailing blank lines ignored). An empty or repeated name, or a count other than
+    ``num_classes``, is an error naming the file (and the line)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.class_names_file: '{path}' not found (expected one class name per line)")
+    lines = [line.strip() for line in split_file_lines(path)]
+    while lines and not lines[-1]:
+        lines.pop()
+    seen: dict[str, int] = {}
+    for n, name in enumerate(lines, start=1):
+        if not name:
+            raise ValueError(f"{path} line {n}: empty class name (expected one name per line; line n names label n-1)")
+        if name in seen:
+            raise ValueError(f"{path} line {n}: class name {name!r} repeats line {seen[name]} (expected distinct "
+                             "names)")
+        seen[name] = n
+    if len(lines) != num_classes:
+        raise ValueError(f"{path}: {len(lines)} class names but the train split has {num_classes} classes (labels "
+                         f"0..{num_classes - 1}; line n names label n-1)")
+    return lines
+
+
 @DATASETS.register("split_file")
 def split_file(
     train_transform: Callable | None = None,
@@ -404,11 +427,14 @@ def split_file(
     decode_size: int | None = None,
     on_bad_image: Literal["error", "skip"] = "error",
     check_files: bool = True,
+    class_names_file: str | None = None,
 ) -> DataSplits:
     """Train / test (/ val) splits from split files under image folder ``root``.
 
     ``num_classes`` is the largest train label + 1 (:meth:`SplitList.class_count`: a label far above the number
-    of distinct labels is an error); val/test labels must fall in that range.
+    of distinct labels is an error); val/test labels must fall in that range. ``class_names_file``: the class
+    names, one per line (line n names label n-1; :func:`read_class_names`); without it a class is named by its
+    label.
     ``decode_size``: short side JPEGs keep when decoded (null: from the transform, 0: full decoding).
     ``on_bad_image``: ``error`` (name the file and line) or ``skip`` (log, count, use another image of
     the class). ``check_files: false`` skips checking at start-up that every listed image exists.
@@ -420,14 +446,15 @@ def split_file(
         raise FileNotFoundError(f"data.root folder not found: '{root}'")
     train = read_split_file(train_split, root, check_files=check_files)
     num_classes = train.class_count()
-    warn_empty_classes(train, num_classes)
+    names = read_class_names(class_names_file, num_classes) if class_names_file else None
+    warn_empty_classes(train, num_classes, names)
 
     def split(path: str, transform: Callable | None) -> FileListDataset:
         entries = read_split_file(path, root, num_classes, check_files=check_files)
-        return entries.dataset(root, num_classes, None, transform, decode_size, on_bad_image)
+        return entries.dataset(root, num_classes, names, transform, decode_size, on_bad_image)
 
     splits = DataSplits(
-        train=train.dataset(root, num_classes, None, train_transform, decode_size, on_bad_image),
+        train=train.dataset(root, num_classes, names, train_transform, decode_size, on_bad_image),
         test=split(test_split, eval_transform),
         val=split(val_split, eval_transform) if val_split else None,
     )
