@@ -186,6 +186,14 @@ def write_set(folder: Path, num_images: int, iou_types: list[str], distinct: int
 
 
 def _maxrss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (ru_maxrss keeps the parent's high-water mark across fork and
+    exec on Linux, so a worker would report the generator's memory)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 

@@ -4,10 +4,13 @@ plain pass of the detector alone, in one process on the same images, alternating
 
 A Mask R-CNN of LVIS's 1203 categories (ltcls's adapter with Seesaw, objectness and a normalized classifier, as
 ``bench_detection.py``), random weights, score threshold 1e-4 and 300 detections per image (LVIS's test settings),
-a calibrated head whose classifier is the original's perturbed, SimCal's T = 300 on random instance counts. The
+a calibrated head whose classifier is the original's perturbed (``--shift``: how far the modes' detections differ),
+SimCal's T = 300 on random instance counts. The one pass runs the mask branch once on the union of the modes'
+detections, so its cost depends on their overlap (reported). The
 outputs of both paths are checked equal (boxes, labels, scores; masks to 1e-6).
 
     python benchmarks/bench_simcal.py [--backbone resnet50] [--size 320] [--images 2] [--repeats 3]
+                                      [--detections 300] [--shift 0.5]
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ from simcal_oracle import per_mode_detections  # noqa: E402  (the previous path,
 NUM_CLASSES = 1203
 
 
-def build(backbone: str, size: int, threshold: int) -> SimCalModel:
+def build(backbone: str, size: int, threshold: int, detections: int, shift: float) -> SimCalModel:
     cfg = C.resolve({"data": {"name": "lvis"}, "model": {"name": backbone}, "classifier": {"name": "normalized"},
                      "loss": {"name": "seesaw_det"},
-                     "detection": {"min_size": [size], "max_size": int(size * 1.25)}})
+                     "detection": {"min_size": [size], "max_size": int(size * 1.25),
+                                   "detections_per_img": detections}})
     counts = np.random.default_rng(0).integers(1, 1000, NUM_CLASSES)
     data = SimpleNamespace(num_classes=NUM_CLASSES, class_counts=counts, train=[None] * 100_000)
     torch.manual_seed(0)
@@ -46,7 +50,7 @@ def build(backbone: str, size: int, threshold: int) -> SimCalModel:
     classifier = copy.deepcopy(rh.box_predictor.cls_score)
     with torch.no_grad():
         for p in classifier.parameters():
-            p.add_(torch.randn_like(p) * p.std())
+            p.add_(torch.randn_like(p) * p.std() * shift)
     head = CalibratedHead(copy.deepcopy(rh.box_head), classifier, copy.deepcopy(rh.box_classification))
     return SimCalModel(detector, head, counts, threshold).eval()
 
@@ -66,11 +70,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threshold", type=int, default=300)
+    parser.add_argument("--detections", type=int, default=300, help="detections per image (LVIS: 300)")
+    parser.add_argument("--shift", type=float, default=0.5,
+                        help="calibrated classifier = original + N(0, (shift x weight std)^2) noise")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build(args.backbone, args.size, args.threshold)
+    model = build(args.backbone, args.size, args.threshold, args.detections, args.shift)
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, args.size, int(args.size * 1.25), generator=g) for _ in range(args.images)]
     paths = {"per-mode (before)": lambda ims: per_mode_detections(model, ims), "one pass": model,
