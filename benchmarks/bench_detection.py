@@ -29,8 +29,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ltcls import config as C
 from ltcls.detection.build import build_detector
-from ltcls.detection.evaluation import encode_detections
 from ltcls.detection.model import compact_masks
+from ltcls.detection.task import encode_detections
 
 NUM_CLASSES = 1203  # LVIS v1
 

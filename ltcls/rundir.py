@@ -35,11 +35,12 @@ LOG = "train.log"
 TENSORBOARD = "tb"
 COMPARISON = "comparison.md"
 FEATURE_CACHE = "feature_cache"
+EVAL_SCRATCH = "eval_scratch"
 LOCK = ".lock"
 #: The files that make a run directory a finished run, in the order they are checked.
 FINISHED = (CONFIG, CHECKPOINT, METRICS)
 #: What a run writes into its directory (files and folders); no other command may write over them.
-RUN_FILES = (CONFIG, CHECKPOINT, METRICS, LOG, TENSORBOARD, COMPARISON, FEATURE_CACHE, LOCK)
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, LOG, TENSORBOARD, COMPARISON, FEATURE_CACHE, EVAL_SCRATCH, LOCK)
 
 
 class RunDirError(OSError):
@@ -106,6 +107,12 @@ class RunDir:
     def feature_cache(self, split: str, views: int) -> Path:
         """Where a frozen backbone's features of ``split`` (``views`` augmented views) are cached."""
         return self.path / FEATURE_CACHE / f"{split}_views{views}.pt"
+
+    @property
+    def eval_scratch(self) -> Path:
+        """Where an evaluation keeps its intermediate files (LVIS detections as shards, removed afterwards): in
+        the run directory, which every process of a multi-node job reaches."""
+        return self.path / EVAL_SCRATCH
 
     def stage2(self, method: str) -> RunDir:
         """The default directory of this run's second stage ``method``."""

@@ -1,17 +1,23 @@
 """LVIS evaluation: the federated rules (neg / not-exhaustive), the r / c / f groups and the 300-detection limit on
-a hand-made case with known APs; faster-coco-eval's path equals the pycocotools reference (``LVISEval``) on every
-metric, on the hand-made cases and on generated LVIS-shaped federated sets; its category blocks and the reference's
-sparse evaluate equal the dense evaluations; chunked mask encoding equals torchvision's full-image paste."""
+a hand-made case with known APs; the bounded path (columns, per-category C++ evaluation) equals the pycocotools
+oracle (``tests/lvis_oracle.py``) on every metric, on the hand-made cases and on generated LVIS-shaped federated
+sets, from every source (result dicts, an LVIS json read in chunks, ltcls's shards, columns); its per-category
+evaluation equals one COCOeval_faster evaluation of everything; the oracle's sparse evaluate equals the dense one;
+chunked mask encoding equals torchvision's full-image paste."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from faster_coco_eval import COCO as FastCOCO
+from faster_coco_eval import COCOeval_faster
+from lvis_oracle import LVISEval, gt_coco, reference_lvis_evaluate, results_coco
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from torchvision.models.detection.roi_heads import paste_masks_in_image
@@ -19,15 +25,20 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from ltcls.detection import evaluation
 from ltcls.detection.evaluation import (
     METRICS,
-    LVISEval,
-    encode_detections,
-    federated_subset,
-    gt_coco,
+    LVISGroundTruth,
     lvis_evaluate,
     lvis_evaluate_all,
-    reference_lvis_evaluate,
-    results_coco,
+    select_results,
 )
+from ltcls.detection.results import (
+    Detections,
+    Shards,
+    ShardWriter,
+    iter_json_results,
+    read_shard,
+    write_shard,
+)
+from ltcls.detection.task import LVISEvaluator, encode_detections
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_lvis_eval.py"
 
@@ -178,13 +189,18 @@ def test_chunked_mask_encoding_equals_full_paste():
     probs = torch.rand(n, 1, 28, 28, generator=g)
     out = {"boxes": boxes, "scores": torch.rand(n, generator=g), "labels": torch.randint(1, 4, (n,), generator=g),
            "mask_probs": probs}
-    bbox, segm = encode_detections(out, 7, (h, w), [10, 20, 30], mask_threshold=0.5, chunk=16)
+    dets = encode_detections(out, 7, (h, w), [10, 20, 30], mask_threshold=0.5, chunk=16)
     full = (paste_masks_in_image(probs, boxes, (h, w), padding=1)[:, 0] > 0.5).numpy().astype(np.uint8)
-    decoded = mask_utils.decode([s["segmentation"] for s in segm]).transpose(2, 0, 1)
+    decoded = mask_utils.decode(dets.masks.rles()).transpose(2, 0, 1)
     np.testing.assert_array_equal(decoded, full)
-    assert {b["category_id"] for b in bbox} <= {10, 20, 30} and all(b["image_id"] == 7 for b in bbox)
+    assert set(dets.category_id.tolist()) <= {10, 20, 30} and (dets.image_id == 7).all()
     b0 = boxes[0].tolist()
-    assert bbox[0]["bbox"] == pytest.approx([b0[0], b0[1], b0[2] - b0[0], b0[3] - b0[1]])
+    assert dets.bbox[0].tolist() == pytest.approx([b0[0], b0[1], b0[2] - b0[0], b0[3] - b0[1]])
+    rows = np.array([3, 5, 64])  # only these rows: the same columns and masks as the full encoding's rows
+    part = encode_detections(out, 7, (h, w), [10, 20, 30], mask_threshold=0.5, rows=rows, chunk=2)
+    np.testing.assert_array_equal(part.bbox, dets.bbox[rows])
+    np.testing.assert_array_equal(part.score, dets.score[rows])
+    assert part.masks.rles() == dets.masks.take(rows).rles()
 
 
 @pytest.fixture(scope="module")
@@ -239,36 +255,42 @@ def test_bbox_and_segm_side_by_side_equal_separate_runs(generated):
     assert both["segm"] != both["bbox"]  # octagon masks are not their boxes
 
 
-def test_category_blocks_equal_one_dense_evaluation(generated, monkeypatch):
-    """Blocks of 3 categories, each on its own images, give the arrays of one evaluation over everything."""
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_per_category_evaluation_equals_one_cocoeval_faster(generated, iou_type):
+    """One category at a time, each on its own images, gives the precision / recall of faster-coco-eval's
+    ``COCOeval_faster(lvis_style=True)`` run once over every image and category on the selected results."""
     gt, dets = generated
-    res = _as("bbox", dets)
-    arrays = []
-    original = evaluation.COCOeval_faster.evaluate
-    for block in (3, 10**6):
-        calls = []
-
-        def evaluate(self, calls=calls):
-            calls.append(len(self.params.imgIds) * len(self.params.catIds))
-            return original(self)
-
-        monkeypatch.setattr(evaluation.COCOeval_faster, "evaluate", evaluate)
-        monkeypatch.setattr(evaluation, "CATEGORY_BLOCK", block)
-        monkeypatch.setattr(evaluation._evaluate_sparse, "__defaults__", (block,))
-        gt_anns = [{**a, "iscrowd": 0} for a in gt["annotations"]]
-        ids = [im["id"] for im in gt["images"]]
-        selected = federated_subset(gt, res, "bbox", 300)
-        arrays.append(evaluation._evaluate_sparse(gt, gt_anns, evaluation._fast_results(selected, "bbox"), "bbox",
-                                                  ids, 300)[:2])
-        arrays[-1] += (calls,)
-    (p_blocks, r_blocks, calls_blocks), (p_dense, r_dense, calls_dense) = arrays
-    np.testing.assert_array_equal(p_blocks, p_dense)
-    np.testing.assert_array_equal(r_blocks, r_dense)
-    assert len(calls_dense) == 1 and len(calls_blocks) > 10
-    assert sum(calls_blocks) < calls_dense[0] / 2  # the point of the blocks: far fewer (image, category) pairs
+    res = _as(iou_type, dets)
+    index = LVISGroundTruth(gt)
+    sel = select_results(res, index, iou_type)
+    ev = evaluation._CategoryEvaluation(index, sel, iou_type, index.image_ids, 300)
+    ev.run()
+    kept = [res[i] for i in _selected_rows(res, sel)]
+    anns = []
+    for i, r in enumerate(kept):
+        ann = {**r, "id": i + 1, "iscrowd": 0, "area": float(sel.area[i])}
+        if iou_type == "bbox":
+            ann["bbox"] = [float(v) for v in r["bbox"]]
+        anns.append(ann)
+    gt_anns = [{**a, "iscrowd": 0} for a in gt["annotations"]]
+    dense = COCOeval_faster(FastCOCO({**gt, "annotations": gt_anns}), FastCOCO({**gt, "annotations": anns}),
+                            iou_type, lvis_style=True, print_function=lambda *a: None)
+    dense.params.maxDets = [300]
+    dense.evaluate()
+    dense.accumulate()
+    np.testing.assert_array_equal(ev.precision, dense.eval["precision"])
+    np.testing.assert_array_equal(ev.recall, dense.eval["recall"])
 
 
-def test_federated_subset_keeps_top_per_image_then_filters():
+def _selected_rows(res: list[dict], sel) -> list[int]:
+    """Input rows of a selection (selections keep input order; image, category and score identify rows here)."""
+    want = set(zip(sel.image_id.tolist(), sel.category_id.tolist(), sel.score.tolist()))
+    rows = [i for i, r in enumerate(res) if (r["image_id"], r["category_id"], r["score"]) in want]
+    assert len(rows) == len(sel)
+    return rows
+
+
+def test_selection_keeps_top_per_image_then_filters():
     gt = copy.deepcopy(GT)
     res = _results("bbox", [
         (1, 1, [0, 0, 5, 5], 0.5), (1, 2, [0, 0, 5, 5], 0.9),  # cat 2 negative in image 1: kept
@@ -276,11 +298,229 @@ def test_federated_subset_keeps_top_per_image_then_filters():
         (2, 3, [0, 0, 5, 5], 0.8),  # cat 3 neither positive nor negative in image 2: dropped
         (2, 2, [0, 0, 0, 5], 0.7),  # zero area: dropped
         (3, 1, [0, 0, 5, 5], 0.3),  # image 3 not evaluated below
+        (1, 999, [0, 0, 5, 5], 0.01),  # a category the ground truth does not know: dropped
     ])
-    kept = federated_subset(gt, res, "bbox", max_dets=2, img_ids=[1, 2])
-    assert [r["score"] for r in kept] == [0.5, 0.9]  # input order; top 2 of image 1 (tie broken by position)
-    assert federated_subset(gt, kept, "bbox", max_dets=2, img_ids=[1, 2]) == kept  # idempotent
+    index = LVISGroundTruth(gt)
+    sel = select_results(res, index, "bbox", max_dets=2, img_ids=[1, 2])
+    assert sel.score.tolist() == [0.5, 0.9] and sel.num_results == len(res)  # input order; top 2 of image 1
+    assert sel.geometry.tolist() == [0, -1]  # only the positive pair (image 1, cat 1) keeps its box for an IoU
+    np.testing.assert_array_equal(sel.bbox[0], [0, 0, 5, 5])
+    kept = index.kept(np.array([1, 1, 1, 1]), np.array([1, 2, 3, 2]), np.array([0.5, 0.9, 0.5, 0.1]), 2)
+    assert kept.tolist() == [True, True, False, False]
     with pytest.raises(ValueError, match="not in the ground truth"):
-        federated_subset(gt, [{**res[0], "image_id": 99}], "bbox")
+        select_results([{**res[0], "image_id": 99}], index, "bbox")
     with pytest.raises(ValueError, match="iou_type"):
         lvis_evaluate(gt, res, "keypoints")
+    with pytest.raises(ValueError, match="no 'bbox'"):
+        lvis_evaluate(gt, _results("segm"), "bbox")
+
+
+# ------------------------------------------------------------------------------------------------ columnar reading
+
+
+def _write_json(path: Path, results: list[dict], **dump_kw) -> Path:
+    path.write_text(json.dumps(results, **dump_kw))
+    return path
+
+
+def _segm_json_ready(results: list[dict]) -> list[dict]:
+    """Results as they are written to json (RLE counts as str)."""
+    out = []
+    for r in results:
+        r = dict(r)
+        if "segmentation" in r:
+            seg = r["segmentation"]
+            counts = seg["counts"]
+            text = counts.decode() if isinstance(counts, bytes) else counts
+            r["segmentation"] = {"size": seg["size"], "counts": text}
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("dump_kw", [{}, {"indent": 1}, {"separators": (",", ":")}])
+def test_json_reader_yields_every_result_in_order_in_chunks(tmp_path, generated, dump_kw):
+    """An LVIS results json (any whitespace; RLE strings with backslashes, escaped in json) read in small chunks
+    gives the objects json.load gives, in file order, a chunk at a time."""
+    _, dets = generated
+    dets = dets[:3000]
+    assert any("\\" in d["segmentation"]["counts"] for d in dets)  # escaped in the file: "\\"
+    path = _write_json(tmp_path / "res.json", dets, **dump_kw)
+    chunks = list(iter_json_results(path, chunk_bytes=50_000))
+    assert len(chunks) > 10 and [d for c in chunks for d in c] == json.loads(path.read_text())
+    assert list(iter_json_results(_write_json(tmp_path / "empty.json", []))) == []
+
+
+def test_json_reader_errors_name_the_file(tmp_path):
+    for text, message in (("{}", "json list"), ('[{"image_id": 1}, {"image_id"', "truncated|not valid json"),
+                          ("", "json list")):
+        path = tmp_path / "bad.json"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message) as err:
+            list(iter_json_results(path, chunk_bytes=8))
+        assert str(path) in str(err.value)
+    path = _write_json(tmp_path / "nofield.json", [{"image_id": 1, "category_id": 1, "score": 0.5}])
+    with pytest.raises(ValueError, match=r"nofield.json: a result has no 'bbox'"):
+        lvis_evaluate(GT, path, "bbox")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        lvis_evaluate(GT, tmp_path / "missing.json", "bbox")
+
+
+def test_columns_round_trip_dicts_and_shards(tmp_path, generated):
+    """Result dicts -> columns -> a shard -> columns: every field equal; masks stay the same compressed RLEs."""
+    _, dets = generated
+    dets = dets[:500]
+    cols = Detections.from_dicts(dets)
+    assert cols.bbox.shape == (500, 4) and len(cols.masks) == 500
+    assert [r["counts"] for r in cols.masks.rles()] == [d["segmentation"]["counts"].encode() for d in dets]
+    path = write_shard(tmp_path / "s.npz", cols, [5, 1, 3])
+    back, images = read_shard(path)
+    assert images.tolist() == [5, 1, 3]
+    for name in ("image_id", "category_id", "score", "bbox"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(cols, name))
+    assert back.masks.rles() == cols.masks.rles()
+    np.testing.assert_array_equal(back.masks.areas(), [mask_utils.area(d["segmentation"]) for d in dets])
+    assert read_shard(path, ("bbox",))[0].masks is None
+    (tmp_path / "junk.npz").write_bytes(b"not a shard")
+    with pytest.raises(ValueError, match="junk.npz: not a readable ltcls results shard"):
+        read_shard(tmp_path / "junk.npz")
+
+
+def _shard_folder(folder: Path, dets: list[dict], gt: dict, ranks: int = 3, rows: int = 700) -> Path:
+    """The results as ``ranks`` processes would write them: image i on rank i % ranks, whole images per shard."""
+    by_image: dict[int, list[dict]] = {im["id"]: [] for im in gt["images"]}
+    for d in dets:
+        by_image[d["image_id"]].append(d)
+    writers = [ShardWriter(folder, prefix=f"rank{r:03d}", rows=rows) for r in range(ranks)]
+    for n, (image, image_dets) in enumerate(by_image.items()):
+        cols = Detections.from_dicts(image_dets) if image_dets else Detections.empty()
+        writers[n % ranks].add(cols, [image])
+    for w in writers:
+        w.close()
+    return folder
+
+
+def test_every_source_gives_the_oracle_metrics(tmp_path, generated):
+    """Result dicts, an LVIS json read in chunks, a folder of shards of three 'ranks' and columns: the same
+    metrics, equal to the oracle's, for bbox and segm."""
+    gt, dets = generated
+    dets = [d for d in dets if d["image_id"] != 2]  # an evaluated image without detections (its gt: misses)
+    folder = _shard_folder(tmp_path / "shards", dets, gt)
+    assert len(list(folder.glob("rank001-*.npz"))) > 1  # several shards per rank
+    shards = Shards.in_folder(folder)
+    assert shards.image_ids().tolist() == sorted(im["id"] for im in gt["images"])
+    for iou_type in ("bbox", "segm"):
+        res = _as(iou_type, dets)
+        oracle = reference_lvis_evaluate(gt, res, iou_type)
+        json_path = _write_json(tmp_path / f"{iou_type}.json", _segm_json_ready(res))
+        sources = {"dicts": res, "json": json_path, "folder": folder, "shards": shards,
+                   "columns": Detections.from_dicts(res, (iou_type,))}
+        for source in sources.values():
+            assert_same_metrics(lvis_evaluate(gt, source, iou_type), oracle)
+        some = [im["id"] for im in gt["images"]][1::2]
+        assert_same_metrics(lvis_evaluate(gt, folder, iou_type, img_ids=some),
+                            reference_lvis_evaluate(gt, res, iou_type, img_ids=some))
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ValueError, match="no ltcls results shards"):
+        lvis_evaluate(gt, tmp_path / "empty_dir", "bbox")
+
+
+def test_shard_writer_flushes_and_discards(tmp_path):
+    folder = tmp_path / "s"
+    (folder).mkdir()
+    (folder / "rank000-00007.npz").write_bytes(b"stale")  # an interrupted evaluation's
+    w = ShardWriter(folder, rows=3)
+    assert not (folder / "rank000-00007.npz").exists()
+    one = Detections(np.array([1, 1]), np.array([1, 2]), np.array([0.5, 0.4]), np.zeros((2, 4)), None)
+    w.add(one, [1])
+    assert not w.paths  # 2 buffered < 3
+    w.add(one, [2])
+    assert len(w.paths) == 1  # flushed at 4 >= 3: at most one shard's detections in memory
+    w.add(Detections.empty(with_masks=False), [3])
+    paths = w.close()
+    assert len(paths) == 2 and read_shard(paths[1])[1].tolist() == [3]
+    w.discard()
+    assert not list(folder.glob("*.npz")) and folder.is_dir()
+    owned = ShardWriter(tmp_path / "t", owns_folder=True)
+    owned.add(one, [1])
+    owned.close()
+    owned.discard()
+    assert not (tmp_path / "t").exists()
+
+
+class _Split:
+    """What :class:`LVISEvaluator` reads of an LVIS dataset."""
+
+    def __init__(self, gt: dict) -> None:
+        cats = sorted(gt["categories"], key=lambda c: c["id"])
+        self.gt, self.cat_ids, self.num_classes = gt, [c["id"] for c in cats], len(cats)
+        self.frequency = [c["frequency"] for c in cats]
+        self.images = gt["images"]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _model_outputs(gt: dict, dets: list[dict], per_image: int = 40) -> list[tuple[dict, dict, torch.Tensor]]:
+    """(output, target, image) per gt image as Mask R-CNN gives them: xyxy boxes, 1-based labels, scores and
+    28 x 28 mask probabilities (random); the first ``per_image`` generated detections of each image."""
+    g = torch.Generator().manual_seed(0)
+    label = {c: i + 1 for i, c in enumerate(sorted(c["id"] for c in gt["categories"]))}
+    out = []
+    for im in gt["images"]:
+        mine = [d for d in dets if d["image_id"] == im["id"]][:per_image]
+        boxes = torch.tensor([d["bbox"] for d in mine], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        output = {"boxes": boxes, "scores": torch.tensor([d["score"] for d in mine], dtype=torch.float32),
+                  "labels": torch.tensor([label[d["category_id"]] for d in mine], dtype=torch.int64),
+                  "mask_probs": torch.rand(len(mine), 1, 28, 28, generator=g)}
+        out.append((output, {"image_id": im["id"]}, torch.zeros(3, im["height"], im["width"])))
+    return out
+
+
+def test_lvis_evaluator_writes_shards_and_equals_the_oracle(tmp_path, generated):
+    """The evaluator keeps an image's usable detections (top 300, federated filter) in shards while processing,
+    evaluates bbox and segm from them, removes them, and gives the oracle's metrics on all encoded detections."""
+    gt, dets = generated
+    gt = {**gt, "images": gt["images"][:8]}
+    split = _Split(gt)
+    outputs = _model_outputs(gt, dets)
+    ev = LVISEvaluator(split, max_dets=300, shard_dir=tmp_path / "shards")
+    ev.reset()
+    for start in range(0, len(outputs), 3):
+        batch = outputs[start:start + 3]
+        ev.process(([b[2] for b in batch], [b[1] for b in batch]), [b[0] for b in batch])
+    assert ev.num_detections == sum(len(o["scores"]) for o, _, _ in outputs)
+    report = ev.evaluate()
+    assert not list((tmp_path / "shards").glob("*.npz"))  # removed after the evaluation
+    encoded = Detections.concat([encode_detections(o, t["image_id"], tuple(i.shape[-2:]), split.cat_ids)
+                                 for o, t, i in outputs])
+    for iou_type, prefix in (("segm", ""), ("bbox", "bbox_")):
+        oracle = reference_lvis_evaluate(gt, _dicts(encoded, iou_type), iou_type)
+        assert_same_metrics({k: report[prefix + k] for k in oracle}, oracle)
+    assert report["num_images"] == 8 and report["num_detections"] == len(encoded)
+    assert report["AP"] is not None and report["AP"] != report["bbox_AP"]
+
+
+def test_lvis_evaluator_default_folder_is_temporary(generated):
+    gt, dets = generated
+    gt = {**gt, "images": gt["images"][:2]}
+    ev = LVISEvaluator(_Split(gt))
+    outputs = _model_outputs(gt, dets, per_image=5)
+    ev.process(([o[2] for o in outputs], [o[1] for o in outputs]), [o[0] for o in outputs])
+    folder = ev.writer().folder
+    assert folder.is_dir() and folder.name.startswith("ltcls_lvis_")
+    ev.evaluate()
+    assert not folder.exists()
+
+
+def _dicts(dets: Detections, iou_type: str) -> list[dict]:
+    rles = dets.masks.rles() if iou_type == "segm" else None
+    out = []
+    for k in range(len(dets)):
+        r = {"image_id": int(dets.image_id[k]), "category_id": int(dets.category_id[k]), "score": float(dets.score[k])}
+        if iou_type == "bbox":
+            r["bbox"] = dets.bbox[k].tolist()
+        else:
+            r["segmentation"] = rles[k]
+        out.append(r)
+    return out

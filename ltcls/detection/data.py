@@ -31,6 +31,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from ltcls.data.base import DataSplits, SplitBase, sample_seed
 from ltcls.data.images import to_rgb
+from ltcls.detection.results import ann_to_rle
 from ltcls.registries import DATASETS
 
 log = logging.getLogger("ltcls")
@@ -76,15 +77,6 @@ def image_path(root: Path, image: dict[str, Any]) -> Path:
     if image.get("file_name"):
         return root / image["file_name"]
     raise ValueError(f"LVIS image {image.get('id')} has neither coco_url nor file_name")
-
-
-def ann_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
-    """An annotation's polygons / uncompressed RLE / RLE as one compressed RLE (the LVIS API's rule)."""
-    if isinstance(segmentation, list):
-        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation["counts"], list):
-        return mask_utils.frPyObjects(segmentation, height, width)
-    return segmentation
 
 
 def load_lvis_json(path: str | Path) -> dict[str, Any]:

@@ -1,10 +1,7 @@
-"""LVIS evaluation: faster-coco-eval's LVIS mode with LVIS's federated rules, plus bounded-memory prediction.
+"""LVIS evaluation in bounded memory: results read as columns (filtered while reading), faster-coco-eval's C++
+matching and accumulation, one category at a time.
 
-The scoring runs on ``faster-coco-eval`` (``COCOeval_faster(..., lvis_style=True)``: pycocotools' matching and
-accumulation in C++, LVIS's federated rules built in, numpy 2, maintained). Neither the ``lvis`` package
-(0.5.3, the last release: fails on numpy 2 with ``np.float``, pulls in opencv, calls ``logging.basicConfig``
-on import) nor a Python COCOeval is fast enough for LVIS v1 val (19,809 images x 300 detections). LVIS's
-evaluator is COCO's matching with three additions:
+LVIS's evaluator is COCO's matching with three additions:
 
 1. federated filtering: a detection of category c in image I is evaluated only if c is annotated in I
    (positive) or in I's ``neg_category_ids`` (verified absent); other detections are dropped, since nothing
@@ -14,48 +11,54 @@ evaluator is COCO's matching with three additions:
 3. at most ``max_dets`` (300) detections per image over all categories (highest scores), and AP over all
    categories plus APr / APc / APf over the categories of each ``frequency`` group.
 
-faster-coco-eval does 1 and 2 (and, by ``maxDets``, a per-category limit); ltcls adds 3's per-image limit
-and the federated filter in front of it, vectorised over all results (:func:`federated_subset`), so the
-evaluator only builds and indexes the detections that count (54% on the benchmark's LVIS-shaped set); it
-evaluates categories in blocks, each on the images where they occur (:func:`_evaluate_sparse`), where
-COCOeval_faster walks every (image, category) pair; and bbox and segm are evaluated by one call
-(:func:`lvis_evaluate_all`). Everything else (IoU thresholds .5:.95, 101 recall points, area ranges, greedy
-matching, interpolated precision) is COCOeval's, which matches the LVIS API's code. Segm results take their
-area from the mask and bbox results from the box (pycocotools' ``loadRes`` rule, as detectron2; mmdetection's
-segm json carries boxes, so lvis-api uses box areas there, which only affects APs / APm / APl).
+Everything else (IoU thresholds .5:.95, 101 recall points, area ranges, greedy matching, interpolated precision)
+is COCOeval's, which the LVIS API's code follows. The parts:
 
-:class:`LVISEval`, the earlier pycocotools ``COCOeval`` subclass with the same rules (evaluated sparsely),
-is kept as an independent implementation the tests compare against (to 1e-6 on every metric).
+* :func:`select_results` reads the results a chunk at a time (:mod:`ltcls.detection.results`: LVIS json,
+  ltcls's shards, columns or dicts), applies the federated filter while reading, then the per-image limit
+  (which needs an image's scores of every category: only image and score columns of all results are held),
+  and drops results of zero area (pycocotools' ``loadRes`` areas: the mask's for segm, the box's for bbox; the
+  LVIS API skips empty results). Boxes and masks (compressed RLE, never decoded) are kept only for detections
+  of a positive (image, category) pair, the only ones that get an IoU (37% of those kept on LVIS-shaped data).
+* :class:`_CategoryEvaluation` computes each pair's IoUs with pycocotools (``mask.iou`` on boxes or RLEs, as
+  COCOeval) and runs faster-coco-eval's C++ ``COCOevalEvaluateAccumulate`` (``faster_eval_api_cpp``, the
+  matching and accumulation ``COCOeval_faster`` runs, with the LVIS ``lvis_mark`` for rule 2) on one category's
+  images at a time, from annotation dicts of the fields the C++ reads (id, score, area, iscrowd, ignore,
+  lvis_mark) built for that category only. A category's precision and recall depend only on its own (image,
+  category) pairs, in image order, so this equals one evaluation of everything (see the tests), while
+  COCOeval_faster walks every (image, category) pair of the split in Python (23.8M on LVIS v1 val).
+
+``faster-coco-eval`` is pinned (setup.cfg): its ``Dataset.load_tuple`` and ``COCOevalEvaluateAccumulate`` are the
+entry points ``COCOeval_faster.evaluate`` uses. No torch is imported. The earlier evaluators (a pycocotools
+``COCOeval`` subclass, then ``COCOeval_faster`` on result dicts) live on in ``tests/lvis_oracle.py`` as the
+independent implementation every metric is compared with (to 1e-6).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
-import io
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import faster_coco_eval.faster_eval_api_cpp as fce_cpp
 import numpy as np
-import torch
-from faster_coco_eval import COCO as FastCOCO
-from faster_coco_eval import COCOeval_faster
-from faster_coco_eval.core import mask as fast_mask
-from faster_coco_eval.core.cocoeval import Params as FastParams
+from faster_coco_eval.core.cocoeval import Params
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.models.detection.roi_heads import paste_masks_in_image
-from tqdm.auto import tqdm
 
-from ltcls.detection.model import compact_masks
-from ltcls.engine.loops import autocast
+from ltcls.detection.results import (
+    RLE,
+    Detections,
+    Masks,
+    ResultsSource,
+    ann_to_rle,
+    check_iou_type,
+    iter_detections,
+    mask_areas,
+)
 
 log = logging.getLogger("ltcls")
 
@@ -77,85 +80,231 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """pycocotools prints progress to stdout; send it to the debug log instead."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        yield
-    if buf.getvalue().strip():
-        log.debug("pycocotools: %s", buf.getvalue().strip().replace("\n", " | "))
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin`` for a sorted, unique ``sorted_set``."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    at = np.searchsorted(sorted_set, values).clip(max=len(sorted_set) - 1)
+    return sorted_set[at] == values
 
 
-class _SparseEvalImgs:
-    """``COCOeval.evalImgs`` as accumulate reads it (index -> per-image result or None), stored sparsely."""
+def top_per_image(image_id: np.ndarray, score: np.ndarray, max_dets: int) -> np.ndarray:
+    """Whether each result is among the ``max_dets`` highest-scored of its image (ties: the earlier one)."""
+    n = len(image_id)
+    _, inverse, counts = np.unique(image_id, return_inverse=True, return_counts=True)
+    if n == 0 or counts.max() <= max_dets:
+        return np.ones(n, dtype=bool)
+    order = np.lexsort((-score, inverse))  # by image, then score descending; stable, as sorted() is
+    group_start = np.r_[0, np.cumsum(counts)[:-1]]
+    rank = np.arange(n) - np.repeat(group_start, counts)
+    keep = np.zeros(n, dtype=bool)
+    keep[order[rank < max_dets]] = True
+    return keep
 
-    def __init__(self, items: dict[int, dict[str, Any]], length: int) -> None:
-        self.items, self.length = items, length
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        return self.items.get(index)
+class LVISGroundTruth:
+    """The parts of an LVIS json the evaluation reads, as arrays: images, categories (sorted by id, with their
+    frequency), annotations of non-zero area (as the LVIS API: ``iscrowd`` 0 unless given) and the sorted
+    (image, category) keys of positive, negative and not-exhaustive pairs."""
+
+    def __init__(self, gt: Mapping[str, Any]) -> None:
+        images = gt["images"]
+        self.image_ids = np.unique(np.array([im["id"] for im in images], dtype=np.int64))
+        self.image_size = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in images}
+        cats = sorted(gt["categories"], key=lambda c: c["id"])
+        self.cat_ids = np.array([c["id"] for c in cats], dtype=np.int64)
+        self.frequency = [c.get("frequency") for c in cats]
+        self.width = int(self.cat_ids.max(initial=0)) + 1
+        self.anns = [a for a in gt["annotations"] if a["area"] > 0]
+        n = len(self.anns)
+        self.ann_image = np.fromiter((a["image_id"] for a in self.anns), np.int64, n)
+        self.ann_category = np.fromiter((a["category_id"] for a in self.anns), np.int64, n)
+        self.ann_area = np.fromiter((a["area"] for a in self.anns), np.float64, n)
+        self.ann_crowd = np.fromiter((a.get("iscrowd", 0) for a in self.anns), np.int64, n)
+        self.ann_bbox = np.array([a["bbox"] for a in self.anns], dtype=np.float64).reshape(n, 4)
+        self.positive = np.unique(self.key(self.ann_image, self.ann_category))
+        self.allowed = np.union1d(self.positive, self._image_keys(images, "neg_category_ids"))
+        self.not_exhaustive = self._image_keys(images, "not_exhaustive_category_ids")
+
+    def _image_keys(self, images: Sequence[Mapping[str, Any]], field: str) -> np.ndarray:
+        pairs = np.array([(im["id"], c) for im in images for c in im.get(field, ())], dtype=np.int64).reshape(-1, 2)
+        return np.unique(self.key(pairs[:, 0], pairs[:, 1]))
+
+    def key(self, image_id: np.ndarray, category_id: np.ndarray) -> np.ndarray:
+        """One int64 per (image, category); -1 for a category id outside the ground truth's range."""
+        valid = (category_id >= 0) & (category_id < self.width)
+        return np.where(valid, image_id * self.width + category_id, -1)
+
+    def allowed_mask(self, image_id: np.ndarray, category_id: np.ndarray) -> np.ndarray:
+        """The federated filter: the category is positive or negative in the image."""
+        return _member(self.key(image_id, category_id), self.allowed)
+
+    def check_images(self, image_id: np.ndarray, source: str = "results") -> None:
+        unknown = np.setdiff1d(image_id, self.image_ids)
+        if unknown.size:
+            raise ValueError(f"{source}: {unknown.size} result image ids are not in the ground truth, e.g. "
+                             f"{unknown[:3].tolist()}")
+
+    def kept(self, image_id: np.ndarray, category_id: np.ndarray, score: np.ndarray, max_dets: int) -> np.ndarray:
+        """Which results LVIS evaluation can use: the top ``max_dets`` per image, then the federated filter (whole
+        images only: a rank may apply it to its own images before writing them)."""
+        return top_per_image(image_id, score, max_dets) & self.allowed_mask(image_id, category_id)
+
+    def ann_masks(self, index: Iterable[int]) -> list[RLE]:
+        """Compressed RLEs of the annotations at ``index`` (polygons converted as the LVIS API does)."""
+        out = []
+        for k in index:
+            a = self.anns[k]
+            h, w = self.image_size[int(a["image_id"])]
+            out.append(ann_to_rle(a["segmentation"], h, w))
+        return out
+
+
+@dataclass
+class Selection:
+    """The results one IoU type evaluates, as columns (input order), with their areas. Geometry (``bbox`` rows or
+    ``masks``) is kept only for results of a positive (image, category) pair: ``geometry[k]`` is row ``k``'s
+    index into it, -1 for the others (negative pairs get no IoU)."""
+
+    image_id: np.ndarray
+    category_id: np.ndarray
+    score: np.ndarray
+    area: np.ndarray
+    geometry: np.ndarray
+    bbox: np.ndarray | None
+    masks: Masks | None
+    num_results: int = 0
 
     def __len__(self) -> int:
-        return self.length
-
-    def __bool__(self) -> bool:
-        return self.length > 0
+        return len(self.image_id)
 
 
-class LVISEval(COCOeval):
-    """COCOeval with LVIS's federated rules (see the module docstring); ``iou_type`` 'bbox' or 'segm'."""
+def _kept_part(chunk: Detections, keep: np.ndarray, gt: LVISGroundTruth, iou_type: str) -> Selection:
+    """Rows ``keep`` of a chunk of detections with their areas; geometry for positive pairs only."""
+    image_id, category_id = chunk.image_id[keep], chunk.category_id[keep]
+    if iou_type == "segm":
+        area = mask_areas(chunk.masks.rles(keep.tolist()))
+    else:
+        area = chunk.bbox[keep, 2] * chunk.bbox[keep, 3]
+    positive = _member(gt.key(image_id, category_id), gt.positive)
+    rows = np.flatnonzero(positive)
+    geometry = np.full(len(keep), -1, dtype=np.int64)
+    geometry[rows] = np.arange(len(rows))
+    return Selection(image_id, category_id, chunk.score[keep], area, geometry,
+                     chunk.bbox[keep[rows]] if iou_type == "bbox" else None,
+                     chunk.masks.take(keep[rows]) if iou_type == "segm" else None)
 
-    def __init__(self, gt: COCO, dt: COCO, iou_type: str = "segm", max_dets: int = 300) -> None:
-        if iou_type not in ("bbox", "segm"):
-            raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-        super().__init__(gt, dt, iou_type)
+
+def _concat(parts: list[Selection], keeps: list[np.ndarray], iou_type: str) -> Selection:
+    """Rows ``keeps[i]`` of each part, geometry indices shifted past the earlier parts' geometry."""
+    shifted, total = [], 0
+    for part in parts:
+        shifted.append(np.where(part.geometry >= 0, part.geometry + total, -1))
+        total += int((part.geometry >= 0).sum())
+    cols = {name: np.concatenate([getattr(p, name)[k] for p, k in zip(parts, keeps)]) if parts else np.zeros(0)
+            for name in ("image_id", "category_id", "score", "area")}
+    geometry = np.concatenate([g[k] for g, k in zip(shifted, keeps)]) if parts else np.zeros(0, np.int64)
+    bbox = np.concatenate([p.bbox for p in parts]) if iou_type == "bbox" and parts else np.zeros((0, 4))
+    masks = Masks.concat([p.masks for p in parts]) if iou_type == "segm" else None
+    return Selection(cols["image_id"].astype(np.int64), cols["category_id"].astype(np.int64), cols["score"],
+                     cols["area"], geometry.astype(np.int64), bbox if iou_type == "bbox" else None, masks)
+
+
+def select_results(source: ResultsSource, gt: LVISGroundTruth, iou_type: str, max_dets: int = 300,
+                      img_ids: Sequence[int] | None = None) -> Selection:
+    """The results of ``source`` LVIS evaluation uses, in input order: the top ``max_dets`` per image (over all
+    categories, stable on ties), then those of a category positive or negative in their image (the federated
+    filter), of non-zero area, on ``img_ids`` (default: every gt image).
+
+    Read a chunk at a time: the federated filter applies while reading; image and score columns of every result
+    are kept for the per-image limit, which is applied at the end."""
+    check_iou_type(iou_type)
+    evaluated = gt.image_ids if img_ids is None else np.unique(np.asarray(list(img_ids), dtype=np.int64))
+    images, scores, parts, rows = [], [], [], []
+    n = 0
+    for chunk in iter_detections(source, iou_type):
+        gt.check_images(chunk.image_id)
+        images.append(chunk.image_id)
+        scores.append(chunk.score)
+        keep = np.flatnonzero(gt.allowed_mask(chunk.image_id, chunk.category_id) & _member(chunk.image_id, evaluated))
+        parts.append(_kept_part(chunk, keep, gt, iou_type))
+        rows.append(keep + n)
+        n += len(chunk)
+        del chunk
+    top = top_per_image(np.concatenate(images) if images else np.zeros(0, np.int64),
+                        np.concatenate(scores) if scores else np.zeros(0), max_dets)
+    del images, scores
+    selection = _concat(parts, [top[r] & (p.area > 0) for p, r in zip(parts, rows)], iou_type)
+    selection.num_results = n
+    return selection
+
+
+class _CategoryEvaluation:
+    """faster-coco-eval's C++ evaluation of one category at a time on the images where it has ground truth or
+    detections (see the module docstring); ``precision`` (T, R, K, A, 1) and ``recall`` (T, K, A, 1) as
+    COCOeval's, over the ground truth's categories."""
+
+    def __init__(self, gt: LVISGroundTruth, sel: Selection, iou_type: str, img_ids: np.ndarray,
+                 max_dets: int) -> None:
+        self.gt, self.sel, self.iou_type = gt, sel, iou_type
+        self.params = Params(iouType=iou_type)
         self.params.maxDets = [int(max_dets)]
-        self.max_dets = int(max_dets)
+        t, r, a = len(self.params.iouThrs), len(self.params.recThrs), len(self.params.areaRng)
+        self.precision = -np.ones((t, r, len(gt.cat_ids), a, 1))
+        self.recall = -np.ones((t, len(gt.cat_ids), a, 1))
+        order = np.lexsort((-sel.score, sel.image_id, sel.category_id))  # stable: ties keep input order
+        self.dt = order
+        self.dt_image, self.dt_category = sel.image_id[order], sel.category_id[order]
+        self.dt_mark = _member(gt.key(self.dt_image, self.dt_category), gt.not_exhaustive)
+        evaluated = np.flatnonzero(_member(gt.ann_image, img_ids))
+        self.gt_rows = evaluated[np.lexsort((gt.ann_image[evaluated], gt.ann_category[evaluated]))]
+        self.gt_image, self.gt_category = gt.ann_image[self.gt_rows], gt.ann_category[self.gt_rows]
 
-    def _prepare(self) -> None:
-        super()._prepare()
-        imgs = self.cocoGt.imgs
-        self.neg = {i: set(imgs[i].get("neg_category_ids", [])) for i in self.params.imgIds}
-        self.not_exhaustive = {i: set(imgs[i].get("not_exhaustive_category_ids", [])) for i in self.params.imgIds}
-        positive: dict[int, set[int]] = defaultdict(set)
-        for (img, cat), gts in self._gts.items():
-            if gts:
-                positive[img].add(cat)
-        kept = {k: v for k, v in self._dts.items() if k[1] in positive[k[0]] or k[1] in self.neg[k[0]]}
-        self._dts = defaultdict(list, kept)
+    def run(self) -> None:
+        ids = self.gt.cat_ids
+        d_bounds = np.searchsorted(self.dt_category, ids), np.searchsorted(self.dt_category, ids, "right")
+        g_bounds = np.searchsorted(self.gt_category, ids), np.searchsorted(self.gt_category, ids, "right")
+        for k, cat in enumerate(ids.tolist()):
+            g0, g1 = int(g_bounds[0][k]), int(g_bounds[1][k])
+            if g1 > g0:  # without ground truth a category's precision stays -1 (COCOeval: no valid gt)
+                self.category(k, cat, (int(d_bounds[0][k]), int(d_bounds[1][k])), (g0, g1))
 
-    def evaluateImg(self, imgId, catId, aRng, maxDet):  # noqa: N802, N803 - COCOeval's names
-        result = super().evaluateImg(imgId, catId, aRng, maxDet)
-        if result is not None and catId in self.not_exhaustive[imgId]:
-            result["dtIgnore"] = np.logical_or(result["dtIgnore"], result["dtMatches"] == 0)
-        return result
+    def ious(self, dts: np.ndarray, gts: np.ndarray) -> np.ndarray:
+        """IoUs (rows: detections in score order) of sorted-detection positions ``dts`` and gt rows ``gts``."""
+        geometry = self.sel.geometry[self.dt[dts]]
+        crowd = self.gt.ann_crowd[gts].astype(np.uint8).tolist()
+        if self.iou_type == "bbox":
+            return mask_utils.iou(self.sel.bbox[geometry], self.gt.ann_bbox[gts], crowd)
+        return mask_utils.iou(self.sel.masks.rles(geometry.tolist()), self.gt.ann_masks(gts.tolist()), crowd)
 
-    def evaluate(self) -> None:
-        """COCOeval.evaluate on the (image, category) pairs that hold ground truth or detections only."""
-        p = self.params
-        p.imgIds = list(np.unique(p.imgIds))
-        p.catIds = list(np.unique(p.catIds))
-        p.maxDets = sorted(p.maxDets)
-        self._prepare()
-        keys = sorted((set(self._gts) | set(self._dts)), key=lambda k: (k[1], k[0]))
-        self.ious = {k: self.computeIoU(*k) for k in keys}
-        img_index = {int(i): n for n, i in enumerate(p.imgIds)}
-        cat_index = {int(c): n for n, c in enumerate(p.catIds)}
-        num_imgs, num_areas = len(p.imgIds), len(p.areaRng)
-        items: dict[int, dict[str, Any]] = {}
-        for img, cat in keys:
-            for a, area in enumerate(p.areaRng):
-                result = self.evaluateImg(img, cat, area, p.maxDets[-1])
-                if result is not None:
-                    items[(cat_index[int(cat)] * num_areas + a) * num_imgs + img_index[int(img)]] = result
-        self.evalImgs = _SparseEvalImgs(items, len(p.catIds) * num_areas * num_imgs)
-        self._paramsEval = copy.deepcopy(p)
-
-    def summary(self) -> dict[str, float | None]:
-        """The LVIS summary (:func:`summarize`) of the accumulated precision / recall."""
-        freq = [self.cocoGt.cats[c].get("frequency") for c in self.params.catIds]
-        return summarize(self.eval["precision"], self.eval["recall"], self.params, freq, self.max_dets)
+    def category(self, k: int, cat: int, d: tuple[int, int], g: tuple[int, int]) -> None:
+        gt, sel = self.gt, self.sel
+        dt_img, gt_img = self.dt_image[d[0]:d[1]], self.gt_image[g[0]:g[1]]
+        images = np.union1d(dt_img, gt_img)
+        ds, de = d[0] + np.searchsorted(dt_img, images), d[0] + np.searchsorted(dt_img, images, "right")
+        gs, ge = g[0] + np.searchsorted(gt_img, images), g[0] + np.searchsorted(gt_img, images, "right")
+        rows = self.dt[d[0]:d[1]]
+        dt_dicts = [{"id": i, "score": s, "area": a, "lvis_mark": m} for i, s, a, m in zip(
+            (rows + 1).tolist(), sel.score[rows].tolist(), sel.area[rows].tolist(), self.dt_mark[d[0]:d[1]].tolist())]
+        grows = self.gt_rows[g[0]:g[1]]
+        crowd = gt.ann_crowd[grows].tolist()
+        gt_dicts = [{"id": i, "area": a, "iscrowd": c, "ignore": c}
+                    for i, a, c in zip((grows + 1).tolist(), gt.ann_area[grows].tolist(), crowd)]
+        ious, gt_pairs, dt_pairs = [], [], []
+        for img, a, b, e, f in zip(images.tolist(), ds.tolist(), de.tolist(), gs.tolist(), ge.tolist()):
+            ious.append([self.ious(np.arange(a, b), self.gt_rows[e:f]) if b > a and f > e else []])
+            if f > e:
+                gt_pairs.append((float(img), float(cat), gt_dicts[e - g[0]:f - g[0]]))
+            if b > a:
+                dt_pairs.append((float(img), float(cat), dt_dicts[a - d[0]:b - d[0]]))
+        gt_set, dt_set = fce_cpp.Dataset(), fce_cpp.Dataset()
+        gt_set.load_tuple((len(gt_pairs), gt_pairs))
+        dt_set.load_tuple((len(dt_pairs), dt_pairs))
+        self.params.imgIds, self.params.catIds = images.tolist(), [cat]
+        result = fce_cpp.COCOevalEvaluateAccumulate(self.params, ious, gt_set, dt_set, self.params.imgIds,
+                                                    [float(cat)], True)
+        self.precision[:, :, k] = result["precision"][:, :, 0]
+        self.recall[:, k] = result["recall"][:, 0]
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray, params: Any, frequency: Sequence[str | None],
@@ -184,277 +333,42 @@ def summarize(precision: np.ndarray, recall: np.ndarray, params: Any, frequency:
     return out
 
 
-def gt_coco(gt: Mapping[str, Any]) -> COCO:
-    """A pycocotools ``COCO`` of an LVIS json (copied; ``iscrowd`` 0 added, which LVIS does not carry; annotations
-    of zero area left out, as the LVIS API does)."""
-    data = {"images": gt["images"], "categories": gt["categories"],
-            "annotations": [{**a, "iscrowd": a.get("iscrowd", 0)} for a in gt["annotations"] if a["area"] > 0]}
-    coco = COCO()
-    coco.dataset = data
-    with _quiet():
-        coco.createIndex()
-    return coco
+def evaluate_selection(gt: LVISGroundTruth, sel: Selection, iou_type: str, max_dets: int = 300,
+                       img_ids: Sequence[int] | None = None) -> dict[str, float | None]:
+    """The LVIS summary of the selected results (:func:`select_results` with the same arguments)."""
+    ids = gt.image_ids if img_ids is None else np.unique(np.asarray(list(img_ids), dtype=np.int64))
+    ev = _CategoryEvaluation(gt, sel, iou_type, ids, max_dets)
+    with _gc_paused():
+        ev.run()
+    ev.params.catIds = gt.cat_ids.tolist()
+    return summarize(ev.precision, ev.recall, ev.params, gt.frequency, max_dets)
 
 
-def results_coco(gt: COCO, results: Sequence[Mapping[str, Any]], iou_type: str, max_dets: int) -> COCO:
-    """Detections as a ``COCO`` (pycocotools ``loadRes``'s fields), the top ``max_dets`` per image kept.
-
-    Unlike ``loadRes`` this accepts an empty result list and never takes a segm result's area from a box.
-    Results of zero area (empty masks) are left out, as the LVIS API's ``get_ann_ids`` does.
-    """
-    per_image: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
-    for r in results:
-        per_image[int(r["image_id"])].append(r)
-    unknown = set(per_image) - set(gt.imgs)
-    if unknown:
-        raise ValueError(f"{len(unknown)} result image ids are not in the ground truth, e.g. {sorted(unknown)[:3]}")
-    anns = []
-    for dets in per_image.values():
-        anns += sorted(dets, key=lambda d: -d["score"])[:max_dets]
-    out = []
-    for i, r in enumerate(anns):
-        ann = {"id": i + 1, "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
-               "score": float(r["score"]), "iscrowd": 0}
-        if iou_type == "segm":
-            ann["segmentation"] = r["segmentation"]
-            ann["area"] = float(mask_utils.area(r["segmentation"]))
-            ann["bbox"] = mask_utils.toBbox(r["segmentation"]).tolist()
-        else:
-            ann["bbox"] = [float(v) for v in r["bbox"]]
-            ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-        if ann["area"] > 0:  # the LVIS API skips empty results (after its per-image limit), as here
-            out.append(ann)
-    coco = COCO()
-    coco.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": out}
-    with _quiet():
-        coco.createIndex()
-    return coco
-
-
-def reference_lvis_evaluate(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str = "segm",
-                            max_dets: int = 300, img_ids: Sequence[int] | None = None) -> dict[str, float | None]:
-    """:func:`lvis_evaluate` on :class:`LVISEval` (pycocotools in Python): the independent implementation the tests
-    compare the faster-coco-eval path against. Slow on large sets (see BENCHMARKS.md)."""
-    coco_gt = gt_coco(gt)
-    ev = LVISEval(coco_gt, results_coco(coco_gt, results, iou_type, max_dets), iou_type, max_dets)
-    if img_ids is not None:
-        ev.params.imgIds = sorted(int(i) for i in img_ids)
-    with _quiet():
-        ev.evaluate()
-        ev.accumulate()
-    return ev.summary()
-
-
-def _result_areas(results: Sequence[Mapping[str, Any]], iou_type: str) -> np.ndarray:
-    """Each result's area: the mask's pixel count (segm) or the box's w * h (bbox), as ``loadRes`` computes it."""
-    if not results:
-        return np.zeros(0)
-    if iou_type == "segm":
-        # faster-coco-eval's batch area: pycocotools 2.0.11's fails on more than 255 RLEs with numpy 2
-        return fast_mask.area([r["segmentation"] for r in results]).astype(np.float64)
-    wh = np.array([r["bbox"][2:4] for r in results], dtype=np.float64).reshape(-1, 2)
-    return wh[:, 0] * wh[:, 1]
-
-
-def federated_subset(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str,
-                     max_dets: int = 300, img_ids: Sequence[int] | None = None) -> list[Mapping[str, Any]]:
-    """The results LVIS evaluation uses, in input order: the top ``max_dets`` per image (over all categories,
-    stable on ties), then those of a category positive or negative in their image (the federated filter) and of
-    non-zero area, on ``img_ids`` (default: every gt image). Vectorised over all results; idempotent, so each rank
-    may apply it to its own images before results are gathered (a rank's shard holds whole images)."""
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-    gt_imgs = np.fromiter((im["id"] for im in gt["images"]), dtype=np.int64, count=len(gt["images"]))
-    n = len(results)
-    img = np.fromiter((r["image_id"] for r in results), dtype=np.int64, count=n)
-    unknown = np.setdiff1d(img, gt_imgs)
-    if unknown.size:
-        raise ValueError(f"{unknown.size} result image ids are not in the ground truth, e.g. {unknown[:3].tolist()}")
-    if n == 0:
-        return []
-    cat = np.fromiter((r["category_id"] for r in results), dtype=np.int64, count=n)
-    score = np.fromiter((r["score"] for r in results), dtype=np.float64, count=n)
-    order = np.lexsort((-score, img))  # by image, then score descending; stable, as sorted() is
-    group_start = np.r_[0, np.flatnonzero(np.diff(img[order])) + 1]
-    rank = np.arange(n) - np.repeat(group_start, np.diff(np.r_[group_start, n]))
-    keep = np.zeros(n, dtype=bool)
-    keep[order[rank < max_dets]] = True
-    # federated filter: (image, category) keys of positive (non-zero-area annotation) and negative categories
-    anns = [a for a in gt["annotations"] if a["area"] > 0]
-    pos = np.array([(a["image_id"], a["category_id"]) for a in anns], dtype=np.int64).reshape(-1, 2)
-    neg = np.array([(im["id"], c) for im in gt["images"] for c in im.get("neg_category_ids", ())],
-                   dtype=np.int64).reshape(-1, 2)
-    allowed = np.concatenate([pos, neg])
-    width = int(max(cat.max(), allowed[:, 1].max(initial=0))) + 1
-    keep &= np.isin(img * width + cat, allowed[:, 0] * width + allowed[:, 1])
-    if img_ids is not None:
-        keep &= np.isin(img, np.asarray(list(img_ids), dtype=np.int64))
-    kept = np.flatnonzero(keep)
-    areas = _result_areas([results[i] for i in kept], iou_type)
-    return [results[i] for i in kept[areas > 0]]
-
-
-def _fast_results(results: Sequence[Mapping[str, Any]], iou_type: str) -> list[dict[str, Any]]:
-    """(Already selected) results as annotations with ``loadRes``'s fields: ids from 1, ``iscrowd`` 0, segm area and
-    box from the mask, bbox area from the box."""
-    if not results:
-        return []
-    if iou_type == "segm":
-        rles = [r["segmentation"] for r in results]
-        areas, boxes = fast_mask.area(rles).astype(float).tolist(), fast_mask.toBbox(rles).tolist()
-    else:
-        box_array = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
-        areas, boxes = (box_array[:, 2] * box_array[:, 3]).tolist(), box_array.tolist()
-    anns = [{"id": i + 1, "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
-             "score": float(r["score"]), "iscrowd": 0, "area": a, "bbox": b}
-            for i, (r, a, b) in enumerate(zip(results, areas, boxes))]
-    if iou_type == "segm":
-        for ann, r in zip(anns, results):
-            ann["segmentation"] = r["segmentation"]
-    return anns
-
-
-#: Categories evaluated per faster-coco-eval call (see :func:`_evaluate_sparse`).
-CATEGORY_BLOCK = 64
-
-
-def _evaluate_sparse(gt: Mapping[str, Any], gt_anns: list[dict[str, Any]], dt_anns: list[dict[str, Any]],
-                     iou_type: str, img_ids: Sequence[int], max_dets: int, block: int = CATEGORY_BLOCK
-                     ) -> tuple[np.ndarray, np.ndarray, FastParams]:
-    """COCOeval_faster's accumulated ``precision`` (T, R, K, A, 1) and ``recall`` (T, K, A, 1) over all gt
-    categories of the ground truth ``gt`` (its images and categories; annotations ``gt_anns``) and the results
-    ``dt_anns``, evaluated ``block`` categories at a time, each block on the images where its categories have ground
-    truth or detections.
-
-    COCOeval_faster visits every (image, category) pair in Python and C++ (23.8M on LVIS v1 val, each leaving a
-    dict entry); a category's precision and recall depend only on its own pairs with data, in image order
-    (which the sorted image subsets keep), so the result is the same (see the tests). Categories are blocked in
-    order of how many images they occur in, so frequent ones share the full image list and rare ones short ones.
-    """
-    cats = [c if c.get("frequency") in FREQUENCIES else {**c, "frequency": "f"} for c in gt["categories"]]
-    cat_ids = sorted(c["id"] for c in cats)
-    params = FastParams(iouType=iou_type)
-    params.maxDets, params.imgIds, params.catIds = [int(max_dets)], list(img_ids), cat_ids
-    shape = (len(params.iouThrs), len(params.recThrs), len(cat_ids), len(params.areaRng), 1)
-    precision, recall = -np.ones(shape), -np.ones(shape[:1] + shape[2:])
-    evaluated, known = set(img_ids), set(cat_ids)
-    images: dict[int, set[int]] = defaultdict(set)  # category -> evaluated images with its gt or detections
-    by_cat: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))  # category -> (gt, dt) annotations
-    for j, anns in enumerate((gt_anns, dt_anns)):
-        for a in anns:
-            if a["image_id"] in evaluated and a["category_id"] in known:
-                images[a["category_id"]].add(a["image_id"])
-                by_cat[a["category_id"]][j].append(a)
-    order = sorted(images, key=lambda c: (-len(images[c]), c))
-    index = {c: k for k, c in enumerate(cat_ids)}
-    for start in range(0, len(order), block):
-        ids = sorted(order[start:start + block])
-        coco_gt, coco_dt = (FastCOCO({"images": gt["images"], "categories": cats,
-                                      "annotations": [a for c in ids for a in by_cat[c][j]]}) for j in (0, 1))
-        ev = COCOeval_faster(coco_gt, coco_dt, iou_type, lvis_style=True, print_function=log.debug)
-        ev.params.maxDets = [int(max_dets)]
-        ev.params.imgIds = sorted(set().union(*(images[c] for c in ids)))
-        ev.params.catIds = ids
-        ev.evaluate()
-        ev.accumulate()
-        k = [index[c] for c in ids]
-        precision[:, :, k] = ev.eval["precision"]
-        recall[:, k] = ev.eval["recall"]
-    return precision, recall, params
-
-
-def lvis_evaluate_all(gt: Mapping[str, Any], results: Mapping[str, Sequence[Mapping[str, Any]]],
+def lvis_evaluate_all(gt: Mapping[str, Any] | LVISGroundTruth, results: Mapping[str, ResultsSource],
                       max_dets: int = 300, img_ids: Sequence[int] | None = None
                       ) -> dict[str, dict[str, float | None]]:
-    """LVIS metrics (percent) per IoU type: ``results`` maps 'bbox' / 'segm' to result dicts (image_id,
-    category_id, score and bbox [x, y, w, h] or segmentation RLE); the ground truth ``gt`` (LVIS json) is
-    indexed once for all types. Evaluated on ``img_ids`` (default: every gt image)."""
+    """LVIS metrics (percent) per IoU type: ``results`` maps 'bbox' / 'segm' to a results source (an LVIS results
+    json or a folder of ltcls shards by path, :class:`~ltcls.detection.results.Shards`, ``Detections``, or result
+    dicts with image_id, category_id, score and bbox [x, y, w, h] or segmentation RLE); the ground truth (LVIS
+    json, or its :class:`LVISGroundTruth`) is indexed once for all types, which are evaluated one after the other
+    (one type's results in memory at a time). Evaluated on ``img_ids`` (default: every gt image)."""
     for iou_type in results:
-        if iou_type not in ("bbox", "segm"):
-            raise ValueError(f"results keys must be 'bbox' or 'segm', got {iou_type!r}")
-    gt_anns = [{**a, "iscrowd": a.get("iscrowd", 0)} for a in gt["annotations"] if a["area"] > 0]  # as the LVIS API
-    ids = sorted(int(im["id"]) for im in gt["images"]) if img_ids is None else sorted({int(i) for i in img_ids})
-    frequency = [c.get("frequency") for c in sorted(gt["categories"], key=lambda c: c["id"])]  # catIds' order
+        check_iou_type(iou_type)
+    index = gt if isinstance(gt, LVISGroundTruth) else LVISGroundTruth(gt)
     out = {}
-    for iou_type, res in results.items():
-        with _gc_paused():
-            out[iou_type] = _evaluate_type(gt, gt_anns, res, iou_type, ids, max_dets, frequency)
+    for iou_type, source in results.items():
+        start = time.perf_counter()
+        sel = select_results(source, index, iou_type, max_dets, img_ids)
+        selected = time.perf_counter()
+        out[iou_type] = evaluate_selection(index, sel, iou_type, max_dets, img_ids)
+        log.debug("LVIS %s evaluation: %d results read and %d selected in %.1fs, evaluated in %.1fs", iou_type,
+                  sel.num_results, len(sel), selected - start, time.perf_counter() - selected)
+        del sel
     return out
 
 
-def _evaluate_type(gt: Mapping[str, Any], gt_anns: list[dict[str, Any]], res: Sequence[Mapping[str, Any]],
-                   iou_type: str, ids: Sequence[int], max_dets: int, frequency: Sequence[str | None]
-                   ) -> dict[str, float | None]:
-    """One IoU type's LVIS summary (see :func:`lvis_evaluate_all`)."""
-    start = time.perf_counter()
-    selected = federated_subset(gt, res, iou_type, max_dets, ids)
-    precision, recall, params = _evaluate_sparse(gt, gt_anns, _fast_results(selected, iou_type), iou_type, ids,
-                                                 max_dets)
-    log.debug("LVIS %s evaluation of %d results (%d after the per-image limit and federated filter) on %d images: "
-              "%.1fs", iou_type, len(res), len(selected), len(ids), time.perf_counter() - start)
-    return summarize(precision, recall, params, frequency, max_dets)
-
-
-def lvis_evaluate(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str = "segm",
+def lvis_evaluate(gt: Mapping[str, Any] | LVISGroundTruth, results: ResultsSource, iou_type: str = "segm",
                   max_dets: int = 300, img_ids: Sequence[int] | None = None) -> dict[str, float | None]:
-    """LVIS metrics (percent) of ``results`` (dicts with image_id, category_id, score and bbox [x, y, w, h]
-    or segmentation RLE) against the LVIS json ``gt``, on ``img_ids`` (default: every gt image)."""
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    """LVIS metrics (percent) of one IoU type's ``results`` (see :func:`lvis_evaluate_all`)."""
+    check_iou_type(iou_type)
     return lvis_evaluate_all(gt, {iou_type: results}, max_dets, img_ids)[iou_type]
-
-
-def encode_detections(output: Mapping[str, torch.Tensor], image_id: int, image_size: tuple[int, int],
-                      cat_ids: Sequence[int], mask_threshold: float = 0.5, chunk: int = 32
-                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One image's detections as LVIS bbox and segm results; masks pasted ``chunk`` at a time and RLE-encoded,
-    so at most ``chunk`` full-image masks exist at once (torchvision pastes all 300 as float tensors)."""
-    boxes = output["boxes"].detach().float().cpu()
-    scores = output["scores"].detach().float().cpu().tolist()
-    cats = [int(cat_ids[int(label) - 1]) for label in output["labels"].tolist()]
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    bbox = [{"image_id": image_id, "category_id": c, "bbox": b, "score": s} for c, b, s in zip(cats, xywh, scores)]
-    segm: list[dict[str, Any]] = []
-    probs = output.get("mask_probs")
-    if probs is None and "masks" in output:  # torchvision's full-image masks
-        probs = output["masks"]
-    if probs is None:
-        return bbox, segm
-    probs = probs.detach().float().cpu()
-    h, w = image_size
-    rles = []
-    for start in range(0, len(boxes), chunk):
-        p = probs[start:start + chunk]
-        if p.shape[-2:] != (h, w):
-            p = paste_masks_in_image(p, boxes[start:start + chunk], (h, w), padding=1)
-        binary = (p[:, 0] > mask_threshold).numpy().astype(np.uint8)
-        rles += mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-    for rle, c, s in zip(rles, cats, scores):
-        segm.append({"image_id": image_id, "category_id": c, "segmentation": rle, "score": s})
-    return bbox, segm
-
-
-@torch.no_grad()
-def predict_lvis(model: nn.Module, loader: DataLoader, device: torch.device, cat_ids: Sequence[int],
-                 mask_threshold: float = 0.5, amp: bool = False, amp_dtype: str = "float16", desc: str = "eval",
-                 progress: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
-    """Run a detector (eval mode) over ``loader`` ((images, targets) batches); returns the LVIS bbox results,
-    segm results (RLE) and the evaluated image ids. Memory per image is bounded by the detections kept."""
-    was_training = model.training
-    model.eval()
-    bbox, segm, img_ids = [], [], []
-    try:
-        with compact_masks(model):
-            for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
-                                        disable=not progress):
-                with autocast(device, amp, amp_dtype):
-                    outputs = model([im.to(device, non_blocking=True) for im in images])
-                for out, target, image in zip(outputs, targets, images):
-                    b, s = encode_detections(out, int(target["image_id"]), tuple(image.shape[-2:]), cat_ids,
-                                             mask_threshold)
-                    bbox += b
-                    segm += s
-                    img_ids.append(int(target["image_id"]))
-    finally:
-        model.train(was_training)
-    return bbox, segm, img_ids

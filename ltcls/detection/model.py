@@ -52,32 +52,35 @@ TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resne
 
 def select_detections(box_coder, scores: torch.Tensor, box_regression: torch.Tensor, proposals: list[torch.Tensor],
                       image_shapes: list[tuple[int, int]], score_thresh: float, nms_thresh: float,
-                      detections_per_img: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """torchvision's ``RoIHeads.postprocess_detections`` on given ``scores`` (N, C+1), column 0 background.
+                      detections_per_img: int
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """torchvision's ``RoIHeads.postprocess_detections`` on given ``scores`` (N, C+1), column 0 background; per
+    image the boxes, scores, labels and, for each detection, the index of its RoI among the image's proposals.
 
     The steps are torchvision's (decode, clip, drop background, score threshold, drop empty boxes,
-    per-class NMS, top ``detections_per_img``); only the softmax is left to the caller.
+    per-class NMS, top ``detections_per_img``); only the softmax is left to the caller. A detection is a (RoI,
+    label) pair: its box depends on nothing else.
     """
     num_classes = scores.shape[-1]
     boxes_per_image = [p.shape[0] for p in proposals]
     pred_boxes = box_coder.decode(box_regression, proposals)
-    all_boxes, all_scores, all_labels = [], [], []
+    all_boxes, all_scores, all_labels, all_rois = [], [], [], []
     for boxes, image_scores, shape in zip(pred_boxes.split(boxes_per_image, 0), scores.split(boxes_per_image, 0),
                                           image_shapes):
         boxes = box_ops.clip_boxes_to_image(boxes, shape)
         labels = torch.arange(num_classes, device=scores.device).view(1, -1).expand_as(image_scores)
+        rois = torch.arange(len(image_scores), device=scores.device).view(-1, 1).expand_as(image_scores)
         boxes = boxes[:, 1:].reshape(-1, 4)
         image_scores = image_scores[:, 1:].reshape(-1)
-        labels = labels[:, 1:].reshape(-1)
+        labels, rois = labels[:, 1:].reshape(-1), rois[:, 1:].reshape(-1)
         keep = torch.where(image_scores > score_thresh)[0]
-        boxes, image_scores, labels = boxes[keep], image_scores[keep], labels[keep]
-        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-        boxes, image_scores, labels = boxes[keep], image_scores[keep], labels[keep]
-        keep = box_ops.batched_nms(boxes, image_scores, labels, nms_thresh)[:detections_per_img]
+        keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
+        keep = keep[box_ops.batched_nms(boxes[keep], image_scores[keep], labels[keep], nms_thresh)[:detections_per_img]]
         all_boxes.append(boxes[keep])
         all_scores.append(image_scores[keep])
         all_labels.append(labels[keep])
-    return all_boxes, all_scores, all_labels
+        all_rois.append(rois[keep])
+    return all_boxes, all_scores, all_labels, all_rois
 
 
 class LTRoIHeads(RoIHeads):
@@ -128,8 +131,9 @@ class LTRoIHeads(RoIHeads):
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
         """Detections scored by the loss's inference rule (softmax, Seesaw objectness product, Gumbel)."""
         scores = self.box_classification.scores(class_logits)
-        return select_detections(self.box_coder, scores, box_regression, proposals, image_shapes, self.score_thresh,
-                                 self.nms_thresh, self.detections_per_img)
+        boxes, scores, labels, _ = select_detections(self.box_coder, scores, box_regression, proposals, image_shapes,
+                                                     self.score_thresh, self.nms_thresh, self.detections_per_img)
+        return boxes, scores, labels
 
 
 class LTRCNNTransform(GeneralizedRCNNTransform):

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,9 @@ from ltcls.config import Config
 from ltcls.data.base import SplitBase, sample_seed
 from ltcls.detection.build import build_detection_loss
 from ltcls.detection.data import LVISDataset
+from ltcls.detection.evaluation import LVISGroundTruth
 from ltcls.detection.heads import BoxClassification, build_box_classification
-from ltcls.detection.model import LTMaskRCNN
+from ltcls.detection.model import LTMaskRCNN, LTRoIHeads, select_detections
 from ltcls.detection.task import BBOX_KEYS, SEGM_KEYS, DetectionTask, LVISEvaluator, summary_line, write_scalars
 from ltcls.engine.checkpoint import Checkpoint
 from ltcls.engine.evaluation import DatasetEvaluator, EvalContext
@@ -141,23 +143,80 @@ class _DualBoxPredictor(nn.Module):
         return torch.cat([logits, calibrated], dim=1), boxes
 
 
-class _DualScoring(nn.Module):
-    """Scores of the original head, the calibrated head, or SimCal's selection between them."""
+@dataclass
+class DualScoring:
+    """Each mode's scores (N, C+1) from the packed logits of both heads (the original's first ``width`` columns,
+    then the calibrated head's): the original head, the calibrated head, SimCal's selection ('combined', with T)
+    and score averaging ('averaged', weight ``weight`` on the calibrated head)."""
 
-    def __init__(self, original: BoxClassification, calibrated: BoxClassification, width: int, mode: str,
-                 counts: torch.Tensor, threshold: int | None, weight: float) -> None:
-        super().__init__()
-        self.original, self.calibrated = original, calibrated
-        self.width, self.mode, self.counts, self.threshold, self.weight = width, mode, counts, threshold, weight
+    original: BoxClassification
+    calibrated: BoxClassification
+    width: int
+    counts: torch.Tensor
+    threshold: int | None
+    weight: float
+    modes: tuple[str, ...]
 
-    def scores(self, packed: torch.Tensor) -> torch.Tensor:
-        s_cal = self.calibrated.scores(packed[:, self.width:])
-        if self.mode == "calibrated":
-            return s_cal
+    def __call__(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
         s_orig = self.original.scores(packed[:, : self.width])
-        if self.mode == "averaged":
-            return dual_head_average(s_orig, s_cal, self.weight)
-        return dual_head_select(s_orig, s_cal, self.counts.to(packed.device), self.threshold)
+        s_cal = self.calibrated.scores(packed[:, self.width:])
+        out = {"original": s_orig, "calibrated": s_cal}
+        if "combined" in self.modes:
+            out["combined"] = dual_head_select(s_orig, s_cal, self.counts.to(packed.device), self.threshold)
+        if "averaged" in self.modes:
+            out["averaged"] = dual_head_average(s_orig, s_cal, self.weight)
+        return {m: out[m] for m in self.modes}
+
+
+class DualHeadRoIHeads(LTRoIHeads):
+    """A detector's RoI heads that score each RoI under every SimCal mode in one pass.
+
+    torchvision's ``RoIHeads.forward`` runs once: RoI pooling, then the original box head and predictor with the
+    calibrated head's logits appended (``box_head`` / ``box_predictor``), then :meth:`postprocess_detections`,
+    which selects each mode's detections with torchvision's steps on that mode's scores and returns their union
+    per image. A detection is a (RoI, label) pair whose box (the original box regression) and mask do not depend
+    on the scores, so the mask branch runs once, on the union; :meth:`split` then gives each mode's detections
+    in the order and with the scores of a pass of that mode alone."""
+
+    scoring: DualScoring
+    _rows: dict[str, list[torch.Tensor]]
+    _scores: dict[str, list[torch.Tensor]]
+
+    @classmethod
+    def wrap(cls, heads: LTRoIHeads, calibrated: CalibratedHead, scoring: DualScoring) -> DualHeadRoIHeads:
+        """``heads``' modules, matcher and test settings (shared, not copied), in eval mode."""
+        out = cls.from_roi_heads(heads, heads.box_classification)
+        out.box_head = _DualBoxHead(heads.box_head, calibrated)
+        out.box_predictor = _DualBoxPredictor(heads.box_predictor)
+        out.scoring = scoring
+        out.training = False
+        return out
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        per_mode = {mode: select_detections(self.box_coder, scores, box_regression, proposals, image_shapes,
+                                            self.score_thresh, self.nms_thresh, self.detections_per_img)
+                    for mode, scores in self.scoring(class_logits).items()}
+        labels_per_roi = class_logits.shape[1] + 1
+        boxes, labels = [], []
+        self._rows = {m: [] for m in per_mode}
+        self._scores = {m: sel[1] for m, sel in per_mode.items()}
+        for i in range(len(proposals)):
+            parts = [(sel[0][i], sel[2][i], sel[3][i]) for sel in per_mode.values()]
+            keys = torch.cat([rois * labels_per_roi + lab for _, lab, rois in parts])
+            unique, inverse = torch.unique(keys, return_inverse=True)
+            first = torch.empty(len(unique), dtype=torch.long, device=keys.device)
+            first.scatter_(0, inverse, torch.arange(len(keys), device=keys.device))  # a row of each (RoI, label)
+            boxes.append(torch.cat([b for b, _, _ in parts])[first])
+            labels.append(torch.cat([lab for _, lab, _ in parts])[first])
+            for mode, rows in zip(per_mode, inverse.split([len(lab) for _, lab, _ in parts])):
+                self._rows[mode].append(rows)
+        return boxes, [torch.zeros(len(b), device=b.device) for b in boxes], labels
+
+    def split(self, union: list[dict[str, torch.Tensor]]) -> dict[str, list[dict[str, torch.Tensor]]]:
+        """Each mode's detections (boxes, labels, scores, masks) from the union's, image by image."""
+        return {mode: [{**{k: v[r] for k, v in image.items()}, "scores": s}
+                       for image, r, s in zip(union, self._rows[mode], self._scores[mode])]
+                for mode in self._rows}
 
 
 class SimCalModel(nn.Module):
@@ -165,7 +224,8 @@ class SimCalModel(nn.Module):
 
     Training forward: the calibration loss dict on bi-level-sampled proposals. Eval forward: ``{mode:
     detections}`` for each of :func:`simcal_modes` (``original``, ``calibrated``, ``combined`` with threshold T,
-    ``averaged`` with the calibrated head's weight ``weight``).
+    ``averaged`` with the calibrated head's weight ``weight``), all from one pass of the detector
+    (:meth:`detect`).
     """
 
     def __init__(self, detector: LTMaskRCNN, head: CalibratedHead, instance_counts: np.ndarray,
@@ -178,37 +238,33 @@ class SimCalModel(nn.Module):
                              persistent=False)
         self.threshold, self.weight = threshold, weight
         self.modes = simcal_modes(threshold)
-        self.mode = self.modes[-1]
         for p in detector.parameters():
             p.requires_grad_(False)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None):
         if self.training:
             return self.calibration_losses(images, targets)
-        out = {}
-        for mode in self.modes:
-            self.mode = mode
-            if mode == "original":
-                out[mode] = self.detector(images)
-                continue
-            with self._dual_heads():
-                out[mode] = self.detector(images)
-        self.mode = self.modes[-1]
-        return out
+        return self.detect(images)
 
-    @contextmanager
-    def _dual_heads(self) -> Iterator[None]:
-        rh = self.detector.roi_heads
-        saved = rh.box_head, rh.box_predictor, rh.box_classification
-        width = saved[2].packed_width
-        rh.box_head = _DualBoxHead(saved[0], self.head)
-        rh.box_predictor = _DualBoxPredictor(saved[1])
-        rh.box_classification = _DualScoring(saved[2], self.head.box_classification, width, self.mode, self.counts,
-                                             self.threshold, self.weight)
-        try:
-            yield
-        finally:
-            rh.box_head, rh.box_predictor, rh.box_classification = saved
+    def scoring(self) -> DualScoring:
+        original = self.detector.roi_heads.box_classification
+        return DualScoring(original, self.head.box_classification, original.packed_width, self.counts,
+                           self.threshold, self.weight, self.modes)
+
+    def detect(self, images: list[torch.Tensor]) -> dict[str, list[dict[str, torch.Tensor]]]:
+        """Every mode's detections from one pass: the backbone, the RPN, the box head of both heads and the mask
+        branch (on the union of the modes' detections) run once per image (torchvision's ``GeneralizedRCNN``
+        steps, with :class:`DualHeadRoIHeads`)."""
+        det = self.detector
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        image_list, _ = det.transform(list(images))
+        features = det.backbone(image_list.tensors)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = det.rpn(image_list, features)
+        heads = DualHeadRoIHeads.wrap(det.roi_heads, self.head, self.scoring())
+        union, _ = heads(features, proposals, image_list.image_sizes)
+        return heads.split(det.transform.postprocess(union, image_list.image_sizes, sizes))
 
     def calibration_losses(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None
                            ) -> dict[str, torch.Tensor]:
@@ -240,12 +296,16 @@ class SimCalModel(nn.Module):
 
 
 class SimCalEvaluator(DatasetEvaluator):
-    """One LVIS evaluator per model (original, calibrated, combined, averaged); the report's headline AP keys
-    are the ``selected`` model's, each model's metrics under its name."""
+    """One LVIS evaluator per model (original, calibrated, combined, averaged), sharing the split's ground-truth
+    index, with shards in ``shard_dir/<mode>`` (default: temporary folders); the report's headline AP keys are the
+    ``selected`` model's, each model's metrics under its name."""
 
     def __init__(self, dataset: Any, modes: tuple[str, ...], selected: str, mask_threshold: float,
-                 max_dets: int, threshold: int | None, weight: float) -> None:
-        self.evaluators = {m: LVISEvaluator(dataset, mask_threshold, max_dets) for m in modes}
+                 max_dets: int, threshold: int | None, weight: float, shard_dir: str | Path | None = None) -> None:
+        gt = LVISGroundTruth(dataset.gt)
+        self.evaluators = {m: LVISEvaluator(dataset, mask_threshold, max_dets,
+                                            None if shard_dir is None else Path(shard_dir) / m, gt)
+                           for m in modes}
         self.selected = selected
         self.settings = {"dual_head_threshold": threshold, "combine_weight": weight}
 
@@ -277,7 +337,7 @@ class SimCalTask(DetectionTask):
 
     def evaluator(self, dataset: Any, ctx: EvalContext) -> DatasetEvaluator:
         return SimCalEvaluator(dataset, simcal_modes(self.threshold), self.selected, self.mask_threshold,
-                               self.max_dets, self.threshold, self.weight)
+                               self.max_dets, self.threshold, self.weight, ctx.scratch_dir)
 
     def report(self, report: EvalReport, ctx: EvalContext) -> None:
         values = report.to_json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ class EvalContext:
     epoch: int = 0
     stage: str = ""
     split: str = "test"
+    #: A folder for an evaluator's intermediate files that every process can reach (LVIS detections as shards);
+    #: None: a temporary folder (one machine only).
+    scratch_dir: Path | None = None
 
 
 class DatasetEvaluator:

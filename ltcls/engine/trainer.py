@@ -309,7 +309,7 @@ class Trainer:
         return EvalContext(class_counts=self.data.class_counts, many_threshold=e.many_threshold,
                            few_threshold=e.few_threshold, logit_adjust_tau=e.logit_adjust_tau,
                            scores=stage.loss.scores, model=self.model, reporter=self.reporter, step=step, epoch=epoch,
-                           stage=stage.name, split=split)
+                           stage=stage.name, split=split, scratch_dir=self.run_dir.eval_scratch)
 
     def evaluate(self, stage: Stage, step: int, epoch: int, final: bool = False) -> EvalReport:
         """Evaluate with the task's evaluator; the report joins the history; the final one goes to metrics.json."""
