@@ -62,8 +62,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module
 
 def _cfg(weights: str, overrides: list[str] = ()) -> C.Config:
     return C.resolve({
-        "model": {"name": TIMM_CLIP, "clip_projection": True, "pretrained": True,
-                  "kwargs": {**TIMM_KWARGS, "pretrained_cfg_overlay": {"file": weights}}},
+        "model": {"name": TIMM_CLIP, "clip_projection": True, "pretrained_file": weights, "kwargs": TIMM_KWARGS},
         "classifier": {"name": "normalized", "tau": 25.0, "init": "text", "templates": TEMPLATES,
                        "text_model": TINY_CLIP, "text_pretrained": None, "text_pretrained_file": weights},
         "train": {"device": "cpu"}}, list(overrides))
@@ -108,7 +107,7 @@ def test_only_a_fresh_run_encodes_text_and_the_rng_is_left_alone(tiny_clip, monk
     """Task.build(init_weights=False) (a model whose checkpoint follows: ltcls-eval, --resume) never loads the text
     encoder; a fresh build does, without moving torch's random state."""
     _, weights = tiny_clip
-    cfg = _cfg(weights, ["model.pretrained=false", "model.kwargs.pretrained_cfg_overlay=null", "data.img_size=32",
+    cfg = _cfg(weights, ["model.pretrained_file=null", "data.img_size=32",
                          "data.test_per_class=2"])
     task = build_task(cfg)
     built = task.build(cfg)
