@@ -180,7 +180,7 @@ class Trainer:
         optimizer = torch.optim.SGD(params, lr=scaled_lr(t), momentum=t.momentum, weight_decay=t.weight_decay,
                                     nesterov=t.nesterov and t.momentum > 0)
         steps = max(len(loader) // t.accum_steps, 1)
-        warmup = t.warmup_iters or t.warmup_epochs * steps
+        warmup = t.warmup_steps(steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
             s, steps_per_epoch=steps, epochs=t.epochs, schedule=t.schedule, warmup_steps=warmup,
             warmup_ratio=t.warmup_ratio, milestones=t.milestones, gamma=t.gamma))
