@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -338,14 +339,14 @@ def figure_png(rows: Sequence[Row], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(rows) + 2), 4.0))
     for i, g in enumerate(GROUPS):
         xs = [j + (i - (len(GROUPS) - 1) / 2) * width for j in range(len(rows))]
-        means = [r.groups[g].mean if r.groups[g].mean is not None else 0.0 for r in rows]
+        means = [r.groups[g].mean if r.groups[g].mean is not None else math.nan for r in rows]  # no bar
         sds = [r.groups[g].sd or 0.0 for r in rows]
         ax.bar(xs, means, width, yerr=sds, capsize=2, label=g)
     ax.set_xticks(range(len(rows)), [r.method for r in rows], rotation=45, ha="right")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(ncols=len(GROUPS), fontsize="small", loc="upper right")
+    ax.set_title(title, pad=24)
+    ax.legend(ncols=len(GROUPS), fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
