@@ -167,7 +167,7 @@ class Grid:
         return ""
 
     def execute(self, run: Run, launcher: Launcher) -> None:
-        """Re-read a finished run, resume a started one, or start it; sets ``run.metrics`` or ``run.error``."""
+        """Re-read a finished run, resume a started one, or start it; sets ``run.results`` or ``run.error``."""
         if run.depends is not None and not run.depends.ok:
             run.error = f"its stage 1 ({run.depends.dir.name}) has no result: {run.depends.error or 'not run'}"
             return
@@ -177,12 +177,13 @@ class Grid:
         if not run.finished:
             argv = run.argv + (["--resume"] if run.started and run.command == "train" else [])
             key = self._key(run)
+            before = self.manifest.get(key, {}).get("wall_s", 0.0) if run.started else 0.0  # a resumed run's part
             self.manifest[key] = self._entry(run)
             self._save()  # before the run: a finished run always has its entry
             log.info("compare: %s seed %d: %s %s", run.dir.name, run.seed, run.command, " ".join(argv))
             start = time.perf_counter()
             outcome = launcher(run.command, argv)
-            self.manifest[key]["wall_s"] = round(time.perf_counter() - start, 1)
+            self.manifest[key]["wall_s"] = round(before + time.perf_counter() - start, 1)
             self._save()
             if outcome.code in (130, 143):
                 run.error = "interrupted (the same command resumes it)"
