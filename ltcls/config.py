@@ -80,7 +80,8 @@ class TrainConfig:
     ``layer_decay``: layer-wise lr decay over the backbone's layers (timm's ``group_matcher``; the head is the
     top layer, at ``lr``). ``head_lr_mult``: the classifier head's lr is ``lr`` times this.
     Warm-up rises linearly from ``warmup_ratio`` x lr over ``warmup_iters`` optimizer steps (mmdetection: 500
-    from 0.001 for LVIS) or, when that is 0, over ``warmup_epochs`` epochs. ``amp``,
+    from 0.001 for LVIS) or over ``warmup_epochs`` epochs; with both set, over the shorter of the two (the first
+    epoch, at most 1000 steps: GOL's classification code). ``amp``,
     ``channels_last`` and ``sync_bn`` apply on CUDA only (ignored on CPU); ``compile`` wraps the
     trained module in ``torch.compile``.
     """
@@ -135,6 +136,15 @@ class TrainConfig:
             raise ConfigError("train.clip_grad_norm: expected a norm > 0 or null (no clipping), got 0")
         if not _DEVICE.fullmatch(self.device):
             raise ConfigError(f"train.device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the linear warm-up: ``warmup_iters``, or ``warmup_epochs`` epochs of
+        ``steps_per_epoch`` steps, or with both set the shorter (kostas1515/iif ``classification/train.py``
+        ``train_one_epoch``: ``min(1000, len(data_loader) - 1)`` steps in the first epoch)."""
+        by_epochs = self.warmup_epochs * steps_per_epoch
+        if self.warmup_iters and by_epochs:
+            return min(self.warmup_iters, by_epochs)
+        return self.warmup_iters or by_epochs
 
 
 @dataclass

@@ -154,3 +154,33 @@ def test_set_name_to_another_component_drops_the_files_other_parameters(caplog):
         C.resolve(file_cfg, ["data.name=split_file", "data.trian_split=t.txt"])
     with pytest.raises(C.ConfigError, match="data.imbalance_factor"):  # without a name change: still a typo
         C.resolve({"data": {"name": "split_file", "imbalance_factor": 10.0}})
+
+
+def test_warmup_steps_epochs_iters_and_the_shorter_of_both():
+    assert C.TrainConfig(warmup_epochs=2).warmup_steps(7) == 14
+    assert C.TrainConfig(warmup_iters=500).warmup_steps(7) == 500
+    assert C.TrainConfig().warmup_steps(7) == 0
+    # both: the shorter (GOL's classification code: the first epoch, at most 1000 iterations)
+    assert C.TrainConfig(warmup_epochs=1, warmup_iters=1000).warmup_steps(7) == 7
+    assert C.TrainConfig(warmup_epochs=1, warmup_iters=1000).warmup_steps(2500) == 1000
+
+
+def test_decoupled_gumbel_preset_is_the_authors_classification_recipe(tmp_path):
+    """kostas1515/iif classification/: GombitLoss with --reduction mean (no reduced-loss clamp), random sampling,
+    SGD momentum 0.9, wd 5e-4, warm-up from lr / 1000 over the first epoch (at most 1000 steps), constant lr."""
+    from ltcls.engine.trainer import lr_factor
+    from ltcls.stage2.presets import stage2_base_config
+
+    stage1 = C.load("configs/digits_lt_ce.yaml")
+    cfg = C.resolve(stage2_base_config(stage1, "gumbel", tmp_path))
+    assert cfg.loss.to_dict() == {"name": "gumbel", "reduction": "mean", "clamp_max": None}
+    assert cfg.sampler.name == "instance" and cfg.classifier == stage1.classifier
+    t = cfg.train
+    assert (t.lr, t.epochs, t.momentum, t.weight_decay, t.schedule) == (1e-4, 15, 0.9, 5e-4, "constant")
+    steps = 7
+    warmup = t.warmup_steps(steps)
+    factors = [lr_factor(s, steps_per_epoch=steps, epochs=t.epochs, schedule=t.schedule, warmup_steps=warmup,
+                         warmup_ratio=t.warmup_ratio, milestones=t.milestones, gamma=t.gamma) for s in range(50)]
+    assert warmup == steps and factors[0] < 0.2 and factors[steps - 1] == 1.0 and set(factors[steps:]) == {1.0}
+    assert factors == sorted(factors)
+    assert t.warmup_steps(5000) == 1000

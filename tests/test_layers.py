@@ -20,6 +20,8 @@ LAYERS: dict[str, int] = {
     "ltcls.io": 0,
     "ltcls.registries": 1,
     "ltcls.config": 2,
+    "ltcls.recipes": 2,
+    "ltcls.compare": 2,
     "ltcls.metrics": 2,
     "ltcls.results": 2,
     "ltcls.errors": 2,
@@ -144,6 +146,16 @@ def test_help_and_argument_errors_do_not_import_torch(argv):
             "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch was imported'\n")
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--methods", "bogus"]])
+def test_compare_help_and_argument_errors_do_not_import_torch(argv):
+    code = ("import sys\nfrom ltcls.cli.compare import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ltcls-compare" in proc.stdout + proc.stderr
 
 
 def test_a_fixed_section_config_error_does_not_import_torch(tmp_path):

@@ -741,3 +741,34 @@ def test_build_loss_errors_name_the_culprit():
         build_loss("class_balanced", num_classes=3)
     with pytest.raises(ValueError, match="4 entries but num_classes is 3"):
         build_loss("ldam", num_classes=3, class_counts=[1, 2, 3, 4])
+
+
+def test_gumbel_mean_reduction_golden_values():
+    # The first author's classification loss (kostas1515/iif GombitLoss, --reduction mean): BCE averaged over N x C.
+    # logit 0: p = exp(-1); the positive costs -log p = 1, a negative -log(1 - exp(-1)) = 0.458675...
+    logits = torch.zeros(1, 2, dtype=D)
+    got = build_loss("gumbel", reduction="mean", clamp_max=None)(logits, torch.tensor([0]))
+    close(got, torch.tensor((1.0 - math.log(1.0 - math.exp(-1.0))) / 2, dtype=D))
+    torch.manual_seed(6)
+    logits = 4 * torch.randn(9, 7, dtype=D)  # some outside [-4, 10]: clamped, as in GombitLoss
+    labels = torch.randint(0, 7, (9,))
+    loss = build_loss("gumbel", reduction="mean", clamp_max=None)
+    got, g_got = value_and_grad(lambda z: loss(z, labels), logits)
+    want, g_want = value_and_grad(lambda z: gumbel_bce_reference(z, F.one_hot(labels, 7)).mean(), logits)
+    close(got, want)
+    close(g_got, g_want)
+    # torch's own BCE on GombitLoss's p = 1 / exp(exp(-clamp(z, -4, 10))), reduction 'mean'
+    p = 1 / torch.exp(torch.exp(-logits.clamp(-4, 10)))
+    close(got, F.binary_cross_entropy(p, F.one_hot(labels, 7).to(D)), rtol=1e-9, atol=1e-12)
+
+
+def test_gumbel_mean_is_the_sum_form_divided_by_the_number_of_classes():
+    torch.manual_seed(7)
+    logits = 2 * torch.randn(5, 11, dtype=D)
+    labels = torch.randint(0, 11, (5,))
+    mean, g_mean = value_and_grad(lambda z: build_loss("gumbel", reduction="mean", clamp_max=None)(z, labels), logits)
+    summed, g_sum = value_and_grad(lambda z: build_loss("gumbel", clamp_max=None)(z, labels), logits)
+    close(mean * 11, summed)
+    close(g_mean * 11, g_sum)
+    with pytest.raises(ValueError, match="reduction"):
+        build_loss("gumbel", reduction="none")

@@ -131,7 +131,7 @@ class Trainer:
             raise ValueError(f"{stage.name}: nothing to train (every parameter is frozen)")
         optimizer = build_optimizer(t, module)
         steps = max(len(loader) // t.accum_steps, 1)
-        warmup = t.warmup_iters or t.warmup_epochs * steps
+        warmup = t.warmup_steps(steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
             s, steps_per_epoch=steps, epochs=t.epochs, schedule=t.schedule, warmup_steps=warmup,
             warmup_ratio=t.warmup_ratio, milestones=t.milestones, gamma=t.gamma))

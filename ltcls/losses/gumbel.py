@@ -8,6 +8,8 @@ computed directly, which is exact where ``1 - exp(-exp(-z))`` would round (z nea
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,15 +19,19 @@ from ltcls.losses.base import LOSSES, LTLoss
 #: GOL clamps the logits to this range before the Gumbel activation when training.
 GUMBEL_CLAMP = (-4.0, 10.0)
 
-#: The loss section of decoupled Gumbel re-training for classification (GOL Table 4; ``--stage2 gumbel``): the
-#: softmax-trained classifier is fine-tuned with the Gumbel loss **without** the reduced-loss clamp. GOL's clamp
-#: at 20 comes from its mmdetection box head (C+1 channels, GOL's init, background-dominated RoIs); summed over
-#: C classes, a softmax head's loss is ~90 per sample at C = 100 and 700-900 at C = 1000 (synthetic features,
-#: tests/test_scale_1000.py), so with the clamp the gradient is exactly zero and stage 2 is a no-op (issue 10).
-#: Fine-tuning the softmax head (not GOL's constant init, which trains far slower and, with wide ReLU features,
-#: starts above the clamp too) is what benchmarks/bench_decoupled_gumbel.py measures best. GOL publishes no
-#: classification code; its paper re-trains "only the classifier" at lr 1e-4 / 1e-5, a fine-tuning rate.
-DECOUPLED_GUMBEL: dict[str, object] = {"name": "gumbel", "clamp_max": None}
+#: How the element-wise BCE is reduced: ``sum`` over all N x C entries divided by N (GOL's box head, the detection
+#: form; kostas1515/GOL) or ``mean`` over all N x C entries (the first author's classification code,
+#: kostas1515/iif ``classification/custom.py`` ``GombitLoss``, whose ``--reduction`` defaults to ``mean``; its
+#: ``sum`` is also sum / N). At C classes ``sum`` is C times ``mean``: a C-times larger step at the same lr.
+GumbelReduction = Literal["sum", "mean"]
+
+#: The loss section of decoupled Gumbel re-training for classification (GOL Table 4; ``--stage2 gumbel``), as the
+#: first author's classification code runs it (kostas1515/iif, e.g. commit 8cc3e99, ``classification/custom.py``
+#: ``GombitLoss`` with ``train.py``'s default ``--reduction mean``): logits clamped to [-4, 10], the element-wise
+#: BCE averaged over all N x C entries, no clamp of the reduced loss (``GombitLoss`` has none; GOL's clamp at 20
+#: belongs to its mmdetection box head). The rest of the recipe (the stage-1 head fine-tuned, instance sampler,
+#: warm-up, constant lr) is the ``gumbel`` preset in :mod:`ltcls.registries`.
+DECOUPLED_GUMBEL: dict[str, object] = {"name": "gumbel", "reduction": "mean", "clamp_max": None}
 
 
 def gumbel_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -71,23 +77,29 @@ class GumbelActivationLoss(LTLoss):
 
 @LOSSES.register("gumbel")
 class GumbelLoss(GumbelActivationLoss):
-    """GOL's Gumbel loss as its box head reduces it: BCE summed over all N x C entries, divided by N.
+    """GOL's Gumbel loss: the element-wise BCE of :func:`gumbel_bce` reduced by ``reduction``, then clamped.
 
-    The reduced loss is then clamped to [0, ``clamp_max``] (20 in GOL; ``None`` for no upper bound);
-    above the bound its gradient is zero, as with ``torch.clamp`` in the reference. The default is GOL's
-    detection setting; classification with many classes needs ``clamp_max: null`` (:data:`DECOUPLED_GUMBEL`).
+    ``reduction``: ``sum`` (default; GOL's box head: summed over all N x C entries, divided by N) or ``mean``
+    (averaged over all N x C entries: the first author's classification code, :data:`DECOUPLED_GUMBEL`). The
+    reduced loss is then clamped to [0, ``clamp_max``] (20 in GOL's detector; ``None`` for no upper bound); above
+    the bound its gradient is zero, as with ``torch.clamp`` in the reference. The defaults are GOL's detection
+    setting; ``--stage2 gumbel`` uses :data:`DECOUPLED_GUMBEL`.
     """
 
-    def __init__(self, clamp_max: float | None = 20.0) -> None:
+    def __init__(self, reduction: GumbelReduction = "sum", clamp_max: float | None = 20.0) -> None:
         super().__init__()
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' (sum / N) or 'mean' (mean over N x C), got {reduction!r}")
         if clamp_max is not None and clamp_max <= 0:
             raise ValueError(f"clamp_max must be positive or None, got {clamp_max}")
+        self.reduction = reduction
         self.clamp_max = clamp_max
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         target = F.one_hot(labels.long(), logits.shape[-1])
-        loss = gumbel_bce(logits, target).sum() / max(logits.shape[0], 1)
+        bce = gumbel_bce(logits, target)
+        loss = bce.mean() if self.reduction == "mean" else bce.sum() / max(logits.shape[0], 1)
         return loss.clamp(min=0.0, max=self.clamp_max)
 
     def extra_repr(self) -> str:
-        return f"clamp_max={self.clamp_max}"
+        return f"reduction={self.reduction!r}, clamp_max={self.clamp_max}"
