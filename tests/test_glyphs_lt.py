@@ -209,6 +209,8 @@ def test_tiny_training_run_and_stats(tmp_path, capsys):
     assert re.search(r"^train +12/12 +326 +82 +5 ", out, re.M) and re.search(r"^test +12/12 +48 +4 +4 ", out, re.M)
     assert data_main(["stats", "--config", str(cfg)]) == 0
     assert "many / medium / few classes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):                                 # neither a file nor --config
+        data_main(["stats"])
     run = tmp_path / "run"
     assert train_main(["--config", str(cfg), "--work-dir", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
