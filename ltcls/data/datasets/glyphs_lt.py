@@ -158,24 +158,25 @@ def save(path: Path, data: GlyphArrays) -> None:
     atomic_write_text(path.with_suffix(".json"), json.dumps(data.meta, indent=1) + "\n")
 
 
-def load(path: Path, spec: GlyphsSpec) -> GlyphArrays | None:
+def load(path: Path, spec: GlyphsSpec, quiet: bool = False) -> GlyphArrays | None:
     """The set stored at ``path`` if it reads back whole and holds ``spec``'s parameters; None otherwise (the
-    reason is logged)."""
+    reason is logged as a warning, or at debug level when ``quiet``)."""
+    log = logger.debug if quiet else logger.warning
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             images = {s: z[f"{s}_images"] for s in SPLITS}
             labels = {s: z[f"{s}_labels"].astype(np.int64) for s in SPLITS}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        logger.warning("glyphs_lt: %s does not read back (%s); generating it again", path, e)
+        log("glyphs_lt: %s does not read back (%s); generating it again", path, e)
         return None
     if meta.get("params") != spec.params():
-        logger.warning("glyphs_lt: %s holds other parameters; generating it again", path)
+        log("glyphs_lt: %s holds other parameters; generating it again", path)
         return None
     bad = [s for s in SPLITS if len(images[s]) != len(labels[s])
            or len(labels[s]) != sum(meta["counts"][s]) or images[s].shape[1:] != (spec.render_size,) * 2]
     if bad:
-        logger.warning("glyphs_lt: %s has inconsistent %s arrays; generating it again", path, bad[0])
+        log("glyphs_lt: %s has inconsistent %s arrays; generating it again", path, bad[0])
         return None
     return GlyphArrays(images, labels, meta)
 
@@ -196,10 +197,14 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def load_or_generate(root: str | os.PathLike, spec: GlyphsSpec, progress: bool | None = None) -> GlyphArrays:
-    """The set of ``spec`` under ``root/glyphs_lt/``: read if present and whole, else generated and saved."""
+    """The set of ``spec`` under ``root/glyphs_lt/``: read if present and whole (no lock needed, so a read-only
+    copy works), else generated and saved under the folder's lock (a process that waited re-reads instead)."""
     spec.check()
     folder = Path(root) / "glyphs_lt"
     path = folder / f"{spec.file_stem()}.npz"
+    data = load(path, spec, quiet=True) if path.exists() else None
+    if data is not None:
+        return data
     with _locked(folder):
         data = load(path, spec) if path.exists() else None
         if data is None:
