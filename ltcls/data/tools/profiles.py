@@ -64,8 +64,9 @@ def imagenet_lt_profile(num_classes: int, scale: float = 1.0) -> list[int]:
 
     Scaling: ``n = round(5 + (n_ImageNet-LT - 5) * scale)``, i.e. the curve shrunk towards its minimum of 5
     (max ``5 + 1275 * scale``). With the thresholds fixed at 100 / 20, shrinking moves classes from many to
-    medium and from medium to few; at 1000 classes, scale 0.3 gives 38,322 images, 67 / 540 / 393 classes
-    (max 388), scale 0.5 gives 60,534, 171 / 567 / 262, scale 1 is ImageNet-LT's.
+    medium and from medium to few; at 1000 classes, scale 0.3 (glyphs_lt's default) gives 38,223 images,
+    66 / 541 / 393 classes (max 388), scale 0.5 gives 60,381, 170 / 567 / 263 (max 642), scale 1 is
+    ImageNet-LT's.
     """
     if num_classes < 2:
         raise ValueError(f"a long-tailed profile needs at least 2 classes, got {num_classes}")
