@@ -51,6 +51,7 @@ SECTIONS: dict[str, Registry] = {"data": DATASETS, "classifier": CLASSIFIERS, "l
 for _name, _module in {
     "digits_lt": "digits", "cifar10_lt": "cifar", "cifar100_lt": "cifar", "split_file": "split_file",
     "imagenet_lt": "imagenet_lt", "places_lt": "places_lt", "inat2018": "inat2018", "image_folder": "image_folder",
+    "glyphs_lt": "glyphs_lt",
 }.items():
     DATASETS.declare(_name, f"ltcls.data.datasets.{_module}")
 

@@ -140,4 +140,4 @@ def test_evaluation_with_tta_end_to_end(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert export_cli.main([str(run), "--out", str(tmp_path / "m.pt")]) == 0
     assert "the export is the plain model (one view per image)" in capsys.readouterr().err
-    assert "eval.tta 'flip'" in json.loads((tmp_path / "m.json").read_text())["extra"]["tta"]
+    assert "eval.tta 'flip'" in json.loads((tmp_path / "m.pt.json").read_text())["extra"]["tta"]

@@ -29,6 +29,7 @@ Inspect and prepare long-tailed datasets.
 EXAMPLES = """\
 examples:
   ltcls-data stats configs/imagenet_lt_ce.yaml --set data.root=/datasets/imagenet
+  ltcls-data stats --config configs/glyphs_lt_ce.yaml      # generates glyphs_lt into data.root on first use
   ltcls-data stats data_splits/ImageNet_LT/ImageNet_LT_train.txt --convention oltr
   ltcls-data verify configs/places_lt_ce.yaml --set data.root=/datasets/places365 --workers 16
   ltcls-data make-split --root /datasets/imagenet --test-dir val --name ImageNet_LT_regen --seed 0
@@ -74,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="split statistics and the published-number check",
                        description="Statistics of a config's dataset or of one split / annotation file. No image "
                                    "is opened, so the images need not be present.")
-    p.add_argument("target", metavar="CONFIG_OR_SPLIT",
+    p.add_argument("target", metavar="CONFIG_OR_SPLIT", nargs="?",
                    help="a config (*.yaml) or a split file ('relative/path label' lines, *.txt) or iNaturalist "
                         "annotations (*.json)")
+    p.add_argument("--config", metavar="CONFIG", help="a config (*.yaml), as ltcls-train takes it (instead of "
+                                                      "CONFIG_OR_SPLIT)")
     _add_set(p)
     p.add_argument("--convention", choices=sorted(CONVENTIONS), default="kang",
                    help="many / medium / few: " + "; ".join(f"{k}: {v}" for k, v in CONVENTIONS.items())

@@ -49,7 +49,9 @@ def stats(target: str, overrides: Sequence[str] = (), convention: str = "kang") 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed ``ltcls-data`` subcommand; the exit status (1: verify found problems)."""
     if args.command == "stats":
-        sys.stdout.write(stats(args.target, args.overrides, args.convention) + "\n")
+        if (args.target is None) == (args.config is None):
+            raise ValueError("stats takes one CONFIG_OR_SPLIT or --config CONFIG")
+        sys.stdout.write(stats(args.target or args.config, args.overrides, args.convention) + "\n")
         return 0
     if args.command == "verify":
         _, splits = config_splits(args.config, args.overrides)
