@@ -18,7 +18,8 @@ from pycocotools import mask as mask_utils
 from ltcls import config as C
 from ltcls.data.build import DATASETS, build_sampler
 from ltcls.data.samplers import RepeatFactorSampler, repeat_factors
-from ltcls.detection.data import DetectionFlip, LVISDataset, image_path
+from ltcls.detection.data import DetectionFlip, LVISDataset, relative_image_path
+from ltcls.engine.preflight import check_images_open
 
 TOOLS = Path(__file__).parents[1] / "tools" / "make_toy_lvis.py"
 
@@ -88,8 +89,7 @@ def test_lvis_json_parsing(hand_lvis):
     root, ann = hand_lvis
     ds = LVISDataset(root, ann)
     assert ds.cat_ids == [3, 7, 12] and ds.classes == ["c3", "c7", "c12"] and ds.frequency == ["f", "c", "r"]
-    assert ds.paths == [root / "train2017/000000000001.jpg", root / "val2017/000000000002.jpg",
-                        root / "train2017/000000000003.jpg"]
+    assert ds.paths == ["train2017/000000000001.jpg", "val2017/000000000002.jpg", "train2017/000000000003.jpg"]
     image, target = ds[0]
     assert image.shape == (3, 30, 40) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
     assert target["labels"].tolist() == [1, 2] and target["image_id"] == 1
@@ -119,11 +119,24 @@ def test_lvis_json_errors_name_the_file(tmp_path, hand_lvis):
         LVISDataset(root, ann)[0]
 
 
+def test_start_up_image_check_with_a_relative_root(hand_lvis, monkeypatch):
+    """``paths`` are relative to ``root`` (the file-listed datasets' convention the start-up check relies on): with a
+    relative ``data.root`` the check used to join the root twice and refuse every image."""
+    root, ann = hand_lvis
+    monkeypatch.chdir(root.parent)
+    ds = LVISDataset(Path(root.name), ann)
+    assert ds.paths[0] == "train2017/000000000001.jpg"
+    check_images_open(ds, "val")  # raised "cannot be opened" before
+    assert ds[0][0].shape == (3, 30, 40)
+    (root / "val2017/000000000002.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="1 image"):
+        check_images_open(ds, "val")
+
+
 def test_image_path_from_coco_url_and_file_name():
-    root = Path("/coco")
-    assert image_path(root, {"coco_url": "http://images.cocodataset.org/train2017/000000391895.jpg"}) == \
-        Path("/coco/train2017/000000391895.jpg")
-    assert image_path(root, {"file_name": "val2017/x.jpg"}) == Path("/coco/val2017/x.jpg")
+    assert relative_image_path({"coco_url": "http://images.cocodataset.org/train2017/000000391895.jpg"}) == \
+        "train2017/000000391895.jpg"
+    assert relative_image_path({"file_name": "val2017/x.jpg"}) == "val2017/x.jpg"
 
 
 def test_flip_moves_boxes_and_masks():

@@ -16,6 +16,9 @@ the cells of a 3 x 3 or 2 x 2 grid, or alone (small, medium and large objects), 
 never overlap and are exact. Every image lists ``neg_category_ids`` (verified absent) and some list a
 present category in ``not_exhaustive_category_ids``: such an image holds one more instance of it that is
 drawn but not annotated, as in LVIS. Importable: :func:`make_toy_lvis` returns the paths it wrote.
+
+For a long-tailed set with enough categories for APr / APc / APf to mean something (36 categories, 10 rare / 14
+common / 12 frequent), use ``ltcls-data make-shapes-lvis`` (:mod:`ltcls.detection.shapes_lvis`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+
+from ltcls.detection.shapes_lvis import lvis_frequency
 
 log = logging.getLogger("make_toy_lvis")
 
@@ -46,13 +51,6 @@ CATEGORIES = [
 #: Training images per category (with 200 train images): f f c c c r r r under LVIS's rule.
 TRAIN_IMAGE_COUNTS = (150, 110, 60, 35, 15, 8, 5, 3)
 GRID = 3
-
-
-def lvis_frequency(image_count: int) -> str:
-    """LVIS's frequency group of a category from its number of training images: r 1-10, c 11-100, f > 100."""
-    if image_count <= 10:
-        return "r"
-    return "c" if image_count <= 100 else "f"
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, rng: np.random.Generator) -> list[float]:

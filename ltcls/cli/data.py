@@ -24,6 +24,9 @@ Inspect and prepare long-tailed datasets.
   verify      every image a config lists exists under data.root and decodes; labels in range; warns about
               images listed more than once and classes without a training image
   make-split  regenerate a long-tailed split (Pareto or exponential profile) from a class-folder dataset
+  make-shapes-lvis
+              generate shapes-LVIS, a long-tailed LVIS-format instance segmentation set (36 categories:
+              10 rare / 14 common / 12 frequent) for the detection configs configs/shapes_lvis_*.yaml
 """
 
 EXAMPLES = """\
@@ -35,6 +38,7 @@ examples:
   ltcls-data make-split --root /datasets/imagenet --test-dir val --name ImageNet_LT_regen --seed 0
   ltcls-data make-split --root /datasets/my_folders --profile exp --imbalance-factor 100 --img-max 500 \\
       --val-per-class 10 --name MyData_LT
+  ltcls-data make-shapes-lvis data/shapes_lvis
 """
 
 MAKE_SPLIT_HELP = """\
@@ -56,6 +60,14 @@ Writes OUT/NAME_train.txt, NAME_val.txt, NAME_test.txt ('relative/path label', r
 OUT/NAME_counts.json (per-class counts, totals, many/medium/few in both conventions, the settings).
 """
 
+SHAPES_LVIS_HELP = """\
+Generate shapes-LVIS (about 700 images of 128 x 128, 5 s): 36 categories, each a shape (circle, triangle, square,
+star, cross, hexagon) in a colour (red, green, blue, yellow, magenta, cyan), long-tailed by training image count
+in LVIS's frequency groups: 10 rare (1-10 images), 14 common (11-100), 12 frequent (> 100). Every category is in
+at least 12 val images. LVIS v1 format and layout: OUT/train2017/, OUT/val2017/, OUT/annotations/lvis_v1_train.json
+and lvis_v1_val.json (polygon masks, neg_category_ids, not_exhaustive_category_ids, categories with frequency,
+image_count and instance_count). The same seed writes the same files.
+"""
 
 # Kept here (not imported from ltcls.data) so that --help answers without loading torch; a test checks
 # that they equal ltcls.data.tools.published.CONVENTIONS and ltcls.data.tools.make_split.MAKE_SPLIT_PROFILES.
@@ -70,7 +82,8 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = parser_for("ltcls-data", DESCRIPTION, EXAMPLES, run_dir=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{stats,verify,make-split}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{stats,verify,make-split,make-shapes-lvis}")
 
     p = sub.add_parser("stats", help="split statistics and the published-number check",
                        description="Statistics of a config's dataset or of one split / annotation file. No image "
@@ -117,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="file name prefix (default: ROOT's folder name + '_LT')")
     p.add_argument("--out", default=None, help="output folder (default: data_splits/NAME)")
     p.add_argument("--force", action="store_true", help="overwrite existing split files")
+
+    p = sub.add_parser("make-shapes-lvis", help="generate shapes-LVIS, a long-tailed LVIS-format detection set",
+                       description=SHAPES_LVIS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", metavar="OUT", help="output folder: the data.root of configs/shapes_lvis_*.yaml "
+                                              "(default there: data/shapes_lvis)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
+    p.add_argument("--force", action="store_true", help="write over an existing set in OUT")
     return parser
 
 
@@ -126,6 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "make-shapes-lvis":  # a detection data set: the data layer does not know detection
+        from ltcls.detection.shapes_lvis import make_shapes_lvis  # lazy: --help must answer without torch
+
+        made = make_shapes_lvis(args.out, seed=args.seed, image_size=args.size, overwrite=args.force)
+        sys.stdout.write(f"wrote {made.train_ann} and {made.val_ann} (images under {made.root})\n")
+        return 0
     from ltcls.data.tools.commands import run  # lazy: --help must answer without importing torch
 
     return run(args)

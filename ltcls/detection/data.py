@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,7 +29,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.transforms.functional import pil_to_tensor
 
-from ltcls.data.base import DataSplits, SplitBase, sample_seed
+from ltcls.data.base import DataSplits, ImageFileList, SplitBase, sample_seed
 from ltcls.data.images import to_rgb
 from ltcls.detection.results import ann_to_rle
 from ltcls.registries import DATASETS
@@ -68,14 +68,14 @@ class DetectionFlip:
         return f"DetectionFlip(prob={self.prob})"
 
 
-def image_path(root: Path, image: dict[str, Any]) -> Path:
-    """``root/<split>2017/<file>`` from an LVIS v1 image's ``coco_url`` (``file_name`` for LVIS v0.5)."""
+def relative_image_path(image: Mapping[str, object]) -> str:
+    """``<split>2017/<file>`` (relative to the COCO folder) from an LVIS v1 image's ``coco_url`` (``file_name``
+    for LVIS v0.5)."""
     url = image.get("coco_url")
     if url:
-        parts = Path(urlparse(url).path).parts
-        return root.joinpath(*parts[-2:])
+        return "/".join(Path(urlparse(str(url)).path).parts[-2:])
     if image.get("file_name"):
-        return root / image["file_name"]
+        return str(image["file_name"])
     raise ValueError(f"LVIS image {image.get('id')} has neither coco_url nor file_name")
 
 
@@ -137,7 +137,7 @@ class LVISDataset(SplitBase):
         images = [im for im in data["images"] if not filter_empty or per_image[int(im["id"])]]
         self.image_ids = [int(im["id"]) for im in images]
         self.sizes = [(int(im["height"]), int(im["width"])) for im in images]
-        self.paths = [image_path(self.root, im) for im in images]
+        self.paths = [relative_image_path(im) for im in images]  # relative to root, as every file-listed dataset
         anns_of = [per_image[i] for i in self.image_ids]
         self.image_categories = [np.unique(np.array([a[1] - 1 for a in anns], dtype=np.int64)) for anns in anns_of]
         counts = np.zeros(self.num_classes, dtype=np.int64)
@@ -183,8 +183,13 @@ class LVISDataset(SplitBase):
             return None
         return torch.Generator().manual_seed(sample_seed(self.aug_seed, self.epoch, index))
 
+    def image_files(self) -> ImageFileList:
+        """Every image of the split, for the start-up check that they open (the json names each one's id)."""
+        return ImageFileList(str(self.root), self.paths,
+                             lambda i: f"{self.ann_file.name}: image id {self.image_ids[i]}")
+
     def load_image(self, index: int) -> torch.Tensor:
-        path = self.paths[index]
+        path = self.root / self.paths[index]
         if not path.is_file():
             raise FileNotFoundError(f"LVIS image {self.image_ids[index]}: {path} does not exist "
                                     f"(data.root must be the COCO 2017 folder holding train2017/ and val2017/)")
@@ -215,7 +220,7 @@ class LVISDataset(SplitBase):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         image, target = self.load_image(index), self.target(index)
         if image.shape[-2:] != self.sizes[index]:
-            raise ValueError(f"{self.paths[index]}: image is {tuple(image.shape[-2:])} but the json says "
+            raise ValueError(f"{self.root / self.paths[index]}: image is {tuple(image.shape[-2:])} but the json says "
                              f"{self.sizes[index]}")
         if self.transform is not None:
             image, target = self.transform(image, target, generator=self.generator(index))
