@@ -127,6 +127,7 @@ def _vit() -> nn.Module:
     return LTModel(backbone, build_classifier("linear", backbone.num_features, len(NAMES))).eval()
 
 
+@pytest.mark.slow
 def test_every_head_and_backbone_exports_and_runs_without_ltcls(tmp_path: Path) -> None:
     """Every head in every format, and a timm ViT in pt2 (the default), each run where ltcls is not importable."""
     torch.manual_seed(0)

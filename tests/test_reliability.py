@@ -108,6 +108,7 @@ def _image_dataset(tmp_path: Path, bad_test_image: bool) -> list[str]:
             f"data.test_split={tmp_path / 'test.txt'}"]
 
 
+@pytest.mark.slow
 def test_start_up_errors_are_one_line_and_found_before_training(tmp_path):
     """Each error found after the yaml is read: exit 2, one line naming the key / file / directory, and no run
     directory (nothing was trained)."""
