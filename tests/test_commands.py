@@ -171,6 +171,7 @@ def test_predict_skips_a_corrupt_file(digits_run: Path, tmp_path: Path, capsys: 
     assert f"skipping unreadable image '{bad}'" in captured.err and "1 unreadable (skipped)" in captured.out
 
 
+@pytest.mark.slow
 def test_exported_module_equals_the_model_without_ltcls(digits_run: Path, tmp_path: Path) -> None:
     """The default format (pt2) and ONNX, run on a batch of another size than the export's where ltcls is not
     importable, give the run's logits."""
@@ -254,6 +255,7 @@ def test_export_never_writes_over_a_run_and_fails_in_one_line(digits_run: Path, 
     assert "torchscript is a legacy format" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tau_norm_stage2_with_dual_head(digits_run: Path, tmp_path: Path) -> None:
     """tau-norm (evaluation only) leaves a checkpoint with its chosen tau; eval reproduces the stage-2
     metrics.json (its head and the dual head); the export is the dual head as one module."""
