@@ -47,8 +47,13 @@ def scalars(run: Path) -> dict[str, list[float]]:
     return {t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("config", ["toy_lvis_ce", "toy_lvis_rfs", "toy_lvis_seesaw", "toy_lvis_seesaw_rfs_normmask",
-                                    "toy_lvis_gumbel", "toy_lvis_gol"])
+TOY_CONFIGS = ("toy_lvis_ce", "toy_lvis_rfs", "toy_lvis_seesaw", "toy_lvis_seesaw_rfs_normmask", "toy_lvis_gumbel",
+               "toy_lvis_gol")
+
+
+# toy_lvis_seesaw in make test; every config in make test-all
+@pytest.mark.parametrize("config", [c if c == "toy_lvis_seesaw" else pytest.param(c, marks=pytest.mark.slow)
+                                    for c in TOY_CONFIGS])
 def test_toy_config_trains_and_evaluates(tmp_path, toy, config):
     run = tmp_path / config
     assert train_main(["--config", str(CONFIGS / f"{config}.yaml"), "--work-dir", str(run),

@@ -118,6 +118,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "overrides", "rise"), CASES, ids=lambda v: v if isinstance(v, str) else None)
 def test_stage2_method_at_1000_classes_raises_few_shot_accuracy(features, tmp_path, method, overrides, rise):
     base_preds = features.predict(features.head)
