@@ -123,8 +123,15 @@ def plan(base: Path, methods: Sequence[str], seeds: Sequence[int], work_dir: Pat
     return out
 
 
-def _digest(path: Path) -> str:
+def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def config_digest(path: Path) -> str:
+    """A digest of the config's resolved values: an edited comment or a reordered key keeps a grid's runs, a
+    changed value does not."""
+    values = json.dumps(C.load(path).to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(values.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -135,18 +142,18 @@ class Grid:
     base: Path
     runs: list[Run]
     manifest: dict = field(default_factory=dict)
-    base_digest: str = ""
+    base_digest: str = ""  # of the base config's values (config_digest)
 
     def __post_init__(self) -> None:
         path = self.work_dir / MANIFEST
         self.manifest = json.loads(path.read_text()) if path.is_file() else {}
-        self.base_digest = _digest(self.base)
+        self.base_digest = config_digest(self.base)
 
     def _key(self, run: Run) -> str:
         return str(run.dir.relative_to(self.work_dir))
 
     def _entry(self, run: Run) -> dict:
-        return {"command": run.command, "argv": run.argv, "base": self.base_digest}
+        return {"command": run.command, "argv": run.argv, "config": self.base_digest}
 
     def _save(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +167,9 @@ class Grid:
         if old is None:
             return f"{run.dir} holds a run this grid did not start; remove it or use another --work-dir"
         mine = self._entry(run)
-        if old.get("base") != mine["base"]:
+        # grid.json entries written before the digest of values ("config") have the file's bytes' ("base")
+        same = old["config"] == mine["config"] if "config" in old else old.get("base") == _file_digest(self.base)
+        if not same:
             return f"{run.dir} was run on another version of {self.base}; remove it or use another --work-dir"
         if old.get("argv") != mine["argv"]:
             return (f"{run.dir} was run with other arguments ({' '.join(old.get('argv', []))}); remove it or use "

@@ -96,6 +96,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("ce", "softmax cross-entropy, linear head (the baseline)", {**_LINEAR, "loss.name": "ce"}),
     Recipe("seesaw", "Seesaw loss (p 0.8, q 2), cosine head tau 10 with unit rows",
            {**_SEESAW_HEAD, "loss.name": "seesaw", "loss.p": 0.8, "loss.q": 2.0, "loss.eps": 0.01}),
+    # The head ablation of ``seesaw`` (issue 17 asks for the head to be chosen on more than one set).
+    Recipe("seesaw_linear", "Seesaw loss (p 0.8, q 2) on a plain linear head (the head ablation of seesaw)",
+           {**_LINEAR, "loss.name": "seesaw", "loss.p": 0.8, "loss.q": 2.0, "loss.eps": 0.01}),
     Recipe("balanced_softmax", "Balanced Softmax (logits + log prior in training), linear head",
            {**_LINEAR, "loss.name": "balanced_softmax"}),
     Recipe("logit_adjusted", "logit-adjusted loss (tau 1), linear head",

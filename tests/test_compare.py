@@ -5,6 +5,7 @@ writes what the commands would, and one tiny real grid on digits_lt."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -155,6 +156,34 @@ def test_a_finished_run_with_other_arguments_is_not_reused(tmp_path):
     assert fake.calls == []
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "was run with other arguments" in md and "its stage 1 (ce) has no result" in md
+
+
+def test_a_comment_edit_keeps_the_runs_and_a_changed_value_does_not(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(Path(BASE).read_text())
+    argv = ["--config", str(base), "--methods", "ce,crt", "--seeds", "0", "--work-dir", str(tmp_path / "cmp")]
+    assert compare_main(argv, launcher=FakeCommands()) == 0
+    base.write_text("# measured: a comment added after the runs\n" + Path(BASE).read_text())
+    again = FakeCommands()
+    assert compare_main(argv, launcher=again) == 0 and again.calls == []  # same values: re-read
+    base.write_text(Path(BASE).read_text().replace("lr: 0.1", "lr: 0.05"))
+    assert "lr: 0.05" in base.read_text()
+    changed = FakeCommands()
+    assert compare_main(argv, launcher=changed) == 1 and changed.calls == []
+    assert "was run on another version of" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_grid_entries_of_the_file_digest_are_still_read(tmp_path):
+    """grid.json entries written before the digest of values (``base``: the file's bytes) keep their runs."""
+    assert _compare(tmp_path, FakeCommands(), "ce,crt") == 0
+    manifest = tmp_path / "cmp" / "grid.json"
+    entries = json.loads(manifest.read_text())
+    for entry in entries.values():
+        del entry["config"]
+        entry["base"] = hashlib.sha256(Path(BASE).read_bytes()).hexdigest()[:16]
+    manifest.write_text(json.dumps(entries))
+    again = FakeCommands()
+    assert _compare(tmp_path, again, "ce,crt") == 0 and again.calls == []
 
 
 def test_an_interrupt_stops_the_grid_and_the_next_call_resumes(tmp_path):
