@@ -20,8 +20,10 @@ import json
 import logging
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +145,7 @@ class Grid:
     runs: list[Run]
     manifest: dict = field(default_factory=dict)
     base_digest: str = ""  # of the base config's values (config_digest)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # runs may finish side by side
 
     def __post_init__(self) -> None:
         path = self.work_dir / MANIFEST
@@ -187,14 +190,16 @@ class Grid:
         if not run.finished:
             argv = run.argv + (["--resume"] if run.started and run.command == "train" else [])
             key = self._key(run)
-            before = self.manifest.get(key, {}).get("wall_s", 0.0) if run.started else 0.0  # a resumed run's part
-            self.manifest[key] = self._entry(run)
-            self._save()  # before the run: a finished run always has its entry
+            with self._lock:
+                before = self.manifest.get(key, {}).get("wall_s", 0.0) if run.started else 0.0  # a resumed run's
+                self.manifest[key] = self._entry(run)
+                self._save()  # before the run: a finished run always has its entry
             log.info("compare: %s seed %d: %s %s", run.dir.name, run.seed, run.command, " ".join(argv))
             start = time.perf_counter()
             outcome = launcher(run.command, argv)
-            self.manifest[key]["wall_s"] = round(before + time.perf_counter() - start, 1)
-            self._save()
+            with self._lock:
+                self.manifest[key]["wall_s"] = round(before + time.perf_counter() - start, 1)
+                self._save()
             if outcome.code in (130, 143):
                 run.error = "interrupted (the same command resumes it)"
                 raise Interrupted(outcome.code, outcome.error or f"interrupted (exit status {outcome.code})")
@@ -224,10 +229,37 @@ def read_result(path: Path, where: str) -> dict | None:
     return {g: node.get(g) for g in GROUPS}
 
 
-def run_grid(runs: list[Run], grid: Grid, launcher: Launcher) -> None:
-    """Every run in order; a failure is recorded on its cell and the grid goes on (an interrupt stops it)."""
-    for run in runs:
-        grid.execute(run, launcher)
+def run_grid(runs: list[Run], grid: Grid, launcher: Launcher, jobs: int = 1) -> None:
+    """Every run; a failure is recorded on its cell and the grid goes on (an interrupt stops it). ``jobs`` > 1:
+    up to that many runs at once (``launcher`` must then be safe to call from several threads, e.g. one process
+    per run), each started as soon as the run it builds on has finished, in the plan's order otherwise; after an
+    interrupt no run starts, the running ones end (they were sent the signal too) and the interrupt is raised."""
+    if jobs <= 1:
+        for run in runs:
+            grid.execute(run, launcher)
+        return
+    pending, finished = list(runs), set()
+    interrupted: Interrupted | None = None
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ltcls-compare") as pool:
+        running: dict[Future, Run] = {}
+        while True:
+            for run in [] if interrupted else list(pending):
+                if len(running) >= jobs:
+                    break
+                if run.depends is None or id(run.depends) in finished:
+                    pending.remove(run)
+                    running[pool.submit(grid.execute, run, launcher)] = run
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                finished.add(id(running.pop(future)))
+                try:
+                    future.result()
+                except Interrupted as e:
+                    interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
 
 
 # ------------------------------------------------------------------------------------------------- the table

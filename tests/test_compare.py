@@ -8,13 +8,17 @@ import csv
 import hashlib
 import json
 import math
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ltcls.cli.compare import compare_main, launch
+from ltcls.cli.compare import ProcessLauncher, compare_main, launch
 from ltcls.compare import CSV_COLUMNS, Outcome, csv_text, method_rows, paired, plan, summarize
 
 BASE = str(Path(__file__).parents[1] / "configs" / "digits_lt_ce.yaml")
@@ -203,6 +207,83 @@ def test_an_interrupt_stops_the_grid_and_the_next_call_resumes(tmp_path):
     assert len(rest.calls) == 6 - 2
 
 
+def test_jobs_run_side_by_side_and_a_second_stage_waits_for_its_first(tmp_path):
+    fake, lock, now = FakeCommands(), threading.Lock(), {"running": 0, "most": 0}
+
+    def side_by_side(command, argv):
+        with lock:
+            now["running"] += 1
+            now["most"] = max(now["most"], now["running"])
+        time.sleep(0.05)  # long enough for the other worker to start
+        try:
+            return fake(command, argv)  # asserts that a --stage2 run's --from has finished
+        finally:
+            with lock:
+                now["running"] -= 1
+
+    assert _compare(tmp_path, side_by_side, "ce,seesaw,crt,tau_norm", "--jobs", "2") == 0
+    assert now["most"] == 2 and len(fake.calls) == 3 * 4
+    sequential = tmp_path / "seq"
+    sequential.mkdir()
+    assert _compare(sequential, FakeCommands(), "ce,seesaw,crt,tau_norm") == 0
+    assert (tmp_path / "cmp" / "comparison.csv").read_text() == (sequential / "cmp" / "comparison.csv").read_text()
+    with pytest.raises(SystemExit):
+        _compare(tmp_path, FakeCommands(), "ce", "--jobs", "0")
+
+
+def test_with_jobs_an_interrupt_starts_nothing_new_and_the_next_call_resumes(tmp_path):
+    fake, lock, calls = FakeCommands(), threading.Lock(), []
+
+    def interrupted(command, argv):
+        with lock:
+            calls.append(argv)
+            second = len(calls) == 2
+        if second:
+            return Outcome(130, "ltcls-train: interrupted by SIGINT at step 3")
+        time.sleep(0.05)
+        return fake(command, argv)
+
+    assert _compare(tmp_path, interrupted, "ce,crt", "--jobs", "2") == 130
+    assert len(calls) == 2  # the two stage-1 runs that had started; nothing after the interrupt
+    done = len(list((tmp_path / "cmp").glob("seed*/*/metrics.json")))
+    assert done == 1
+    rest = FakeCommands()
+    assert _compare(tmp_path, rest, "ce,crt", "--jobs", "2") == 0
+    assert len(rest.calls) == 6 - done
+
+
+def test_the_process_launcher_logs_each_run_and_returns_its_error_line(tmp_path):
+    launcher = ProcessLauncher(tmp_path, threads=1)
+    out = launcher("train", ["--config", str(tmp_path / "missing.yaml"), "--work-dir", str(tmp_path / "seed3" / "ce")])
+    assert out.code == 2 and out.error.startswith("ltcls-train: error: config file") and "missing.yaml" in out.error
+    assert "missing.yaml" in (tmp_path / "logs" / "seed3_ce.log").read_text()
+
+
+def test_the_process_launcher_passes_a_signal_on_and_starts_nothing_after(tmp_path):
+    child = tmp_path / "child.py"  # stands in for ltcls-train: stops cleanly on SIGINT, as signals.py makes it
+    child.write_text("import signal, sys, time\n"
+                     "def stop(signum, frame):\n"
+                     "    print('ltcls-train: interrupted by SIGINT at step 3', flush=True)\n"
+                     "    sys.exit(130)\n"
+                     "signal.signal(signal.SIGINT, stop)\n"
+                     "print('ready', flush=True)\n"
+                     "time.sleep(60)\n")
+    launcher = ProcessLauncher(tmp_path, threads=1, python=[sys.executable, str(child)])
+    got = []
+    argv = ["--work-dir", str(tmp_path / "seed0" / "ce")]
+    worker = threading.Thread(target=lambda: got.append(launcher("train", argv)))
+    worker.start()
+    log = tmp_path / "logs" / "seed0_ce.log"
+    deadline = time.monotonic() + 30
+    while not (log.is_file() and "ready" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    launcher.forward(signal.SIGINT)
+    worker.join(30)
+    assert got == [Outcome(130, "ltcls-train: interrupted by SIGINT at step 3")]
+    later = launcher("train", ["--work-dir", str(tmp_path / "seed0" / "crt")])
+    assert later.code == 130 and "not started" in later.error and not (tmp_path / "logs" / "seed0_crt.log").exists()
+
+
 def test_usage_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         compare_main(["--config", BASE, "--methods", "ce,bogus", "--work-dir", str(tmp_path)])
@@ -239,3 +320,17 @@ def test_a_tiny_real_grid_on_digits_lt(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in work.rglob("metrics.json")}
     assert compare_main(argv) == 0  # a second call trains nothing
     assert {p: p.stat().st_mtime for p in work.rglob("metrics.json")} == mtimes
+
+
+@pytest.mark.slow
+def test_a_tiny_real_grid_with_jobs(tmp_path):
+    """--jobs 2: each run is its own ltcls-train process with its console log; the table is complete."""
+    work = tmp_path / "cmp"
+    argv = ["--config", BASE, "--methods", "ce,crt", "--seeds", "0", "1", "--work-dir", str(work), "--jobs", "2",
+            "--set", "train.epochs=1", "eval.interval=0", "train.batch_size=128"]
+    assert compare_main(argv) == 0
+    table = {row["method"]: row for row in csv.DictReader(open(work / "comparison.csv"))}
+    assert all(table[m]["seeds"] == "2" for m in ("ce", "crt"))
+    for seed in (0, 1):
+        assert (work / "logs" / f"seed{seed}_ce.log").stat().st_size > 0
+        assert "stage2" in yaml.safe_load((work / f"seed{seed}" / "crt" / "config.yaml").read_text())

@@ -8,7 +8,11 @@ import argparse
 import collections
 import contextlib
 import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +41,10 @@ data.seed) stay the base config's, so every method sees the same images. Runs th
 that were stopped are resumed (stop with Ctrl-C at any time; the same command continues), a run that fails is
 reported with its error line and its cells are left out; the rest of the grid goes on. The arguments of each
 run are kept in WORK_DIR/grid.json: a run directory started with other arguments is not reused.
+--jobs N runs up to N runs at once, each in its own process (a second stage starts once its stage 1 has
+finished): each run's console output goes to WORK_DIR/logs/seedS_RUN.log, and each gets CPUs / N torch threads
+unless OMP_NUM_THREADS is set. Ctrl-C (or SIGTERM) is passed on to the running runs, which stop as a single
+ltcls-train does; no new run starts.
 Exit status: 0 every cell has a result; 1 some cells are missing (the table says which); 2 a usage error;
 130 / 143 interrupted (the table so far is written)."""
 
@@ -46,7 +54,7 @@ methods (recipes on top of the base config; --set applies to every stage-1 run, 
 
 examples:
   ltcls-compare --config configs/digits_lt_ce.yaml --methods ce,seesaw,crt --seeds 0 1 2 --work-dir runs/cmp
-  ltcls-compare --config configs/digits_lt_ce.yaml --methods all --work-dir runs/cmp_all
+  ltcls-compare --config configs/digits_lt_ce.yaml --methods all --work-dir runs/cmp_all --jobs 2
   ltcls-compare --config my_data.yaml --methods ce,crt,tau_norm --seeds 0 1 --work-dir runs/quick \\
       --set train.epochs=2
 """
@@ -74,7 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", metavar="DIR", required=True, help="where the runs and the table go")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override the base config for every stage-1 run, e.g. --set train.epochs=10")
+    p.add_argument("--jobs", type=_positive, default=1, metavar="N",
+                   help="runs at once, each in its own process (default: 1, one after the other in this process)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of runs >= 1, got '{text}'")
+    return n
 
 
 class _Tee:
@@ -118,8 +138,76 @@ def launch(command: str, argv: Sequence[str]) -> Outcome:
     return Outcome(code or 0, error or tee.error_line(prog))
 
 
-def compare_main(argv: Sequence[str] | None = None, launcher: Launcher = launch) -> int:
-    """``ltcls-compare``. ``launcher`` runs one command (tests pass their own)."""
+def _error_line(path: Path, prog: str) -> str:
+    """The last ``prog: ...`` line of a run's console log (its one error line), read from the log's tail."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+        lines = f.read().decode(errors="replace").replace("\r", "\n").splitlines()
+    return next((ln.strip() for ln in reversed(lines) if ln.startswith(f"{prog}: ")), "")
+
+
+class ProcessLauncher:
+    """Runs each command in its own process (``python -m ltcls.cli.train`` / ``ltcls.cli.eval``), safe to call
+    from several threads: its console output to ``WORK_DIR/logs/seed<S>_<run>.log``, ``threads`` torch threads
+    (``OMP_NUM_THREADS``, unless set already). The processes get a session of their own, so a Ctrl-C reaches
+    them once, through :meth:`forward` (a second signal stops them hard, as it does a single ltcls-train); after
+    a signal nothing new starts."""
+
+    MODULES = {"train": ("ltcls.cli.train", "ltcls-train"), "eval": ("ltcls.cli.eval", "ltcls-eval")}
+
+    def __init__(self, work_dir: Path, threads: int, python: Sequence[str] = (sys.executable, "-m")) -> None:
+        self.logs = work_dir / "logs"
+        self.python = list(python)
+        self.env = dict(os.environ)
+        self.env.setdefault("OMP_NUM_THREADS", str(threads))
+        self.children: set[subprocess.Popen] = set()
+        self.signum = 0  # the signal that stopped the grid, once one came
+        self._lock = threading.Lock()
+
+    def __call__(self, command: str, argv: Sequence[str]) -> Outcome:
+        module, prog = self.MODULES[command]
+        out = Path(argv[list(argv).index("--out" if command == "eval" else "--work-dir") + 1])
+        log_path = self.logs / f"{out.parent.name}_{out.name}.log"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if self.signum:
+                return Outcome(128 + self.signum, f"{prog}: not started: ltcls-compare was interrupted")
+            with open(log_path, "ab") as log_file:
+                proc = subprocess.Popen([*self.python, module, *argv], stdout=log_file, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+            self.children.add(proc)
+        code = proc.wait()
+        with self._lock:
+            self.children.discard(proc)
+        code = 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
+        return Outcome(code, _error_line(log_path, prog) if code else "")
+
+    def forward(self, signum: int, frame: object = None) -> None:
+        """A signal handler: pass ``signum`` on to every running process; start nothing new."""
+        with self._lock:
+            self.signum = self.signum or signum
+            for proc in self.children:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signum)
+
+
+@contextlib.contextmanager
+def _forwarding(launcher: ProcessLauncher):
+    """SIGINT / SIGTERM go to the runs while the grid runs (in the main thread; elsewhere they keep theirs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, launcher.forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def compare_main(argv: Sequence[str] | None = None, launcher: Launcher | None = None) -> int:
+    """``ltcls-compare``. ``launcher`` runs one command (tests pass their own); by default the commands run in
+    this process, or each in its own with ``--jobs`` > 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
@@ -130,15 +218,21 @@ def compare_main(argv: Sequence[str] | None = None, launcher: Launcher = launch)
         parser.exit(2, f"ltcls-compare: error: {' '.join(str(e.args[0] if e.args else e).split())}\n")
     grid = Grid(work_dir, base, runs)
     start, code = time.perf_counter(), 0
+    forwarding: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if launcher is None and args.jobs > 1:
+        launcher = ProcessLauncher(work_dir, max(1, (os.cpu_count() or 1) // args.jobs))
+        forwarding = _forwarding(launcher)
     try:
-        run_grid(runs, grid, launcher)
+        with forwarding:
+            run_grid(runs, grid, launcher or launch, args.jobs)
     except Interrupted as e:
         code = e.code
         sys.stderr.write(f"ltcls-compare: {e}; run the same command again to continue\n")
     rows = rows_of_runs(runs, args.methods, args.seeds)
     command = " ".join(["ltcls-compare", "--config", str(base), "--methods", ",".join(args.methods), "--seeds",
                         *map(str, args.seeds), "--work-dir", str(work_dir),
-                        *(["--set", *args.overrides] if args.overrides else [])])
+                        *(["--set", *args.overrides] if args.overrides else []),
+                        *(["--jobs", str(args.jobs)] if args.jobs > 1 else [])])
     footer = (f"{len(runs)} runs ({command}); this call: {time.perf_counter() - start:.0f} s; the runs' own wall "
               f"time over every call: {grid.wall_seconds() / 60:.1f} min (grid.json).")
     write_outputs(work_dir, rows, f"# Method table: {base}", args.seeds, footer)
