@@ -40,7 +40,8 @@ stage 1 per seed; ltcls-eval for evaluation-time options. Only train.seed varies
 data.seed) stay the base config's, so every method sees the same images. Runs that finished are re-read, runs
 that were stopped are resumed (stop with Ctrl-C at any time; the same command continues), a run that fails is
 reported with its error line and its cells are left out; the rest of the grid goes on. The arguments of each
-run are kept in WORK_DIR/grid.json: a run directory started with other arguments is not reused.
+run are kept in WORK_DIR/grid.json: a run directory started with other arguments or other values in the base
+config is not reused.
 --jobs N runs up to N runs at once, each in its own process (a second stage starts once its stage 1 has
 finished): each run's console output goes to WORK_DIR/logs/seedS_RUN.log, and each gets CPUs / N torch threads
 unless OMP_NUM_THREADS is set. Ctrl-C (or SIGTERM) is passed on to the running runs, which stop as a single
