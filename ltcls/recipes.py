@@ -108,7 +108,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     # digits_lt +24.2 / +11.0, glyphs_lt +29.1 / +11.3 (many -8.8)
     Recipe("balanced_softmax", "Balanced Softmax (logits + log prior in training), linear head",
            {**_LINEAR, "loss.name": "balanced_softmax"}),
-    # = balanced_softmax at tau 1 (digits_lt, to the last digit); not run on glyphs_lt
+    # = balanced_softmax at tau 1 (equal to the last digit on every seed of both sets)
     Recipe("logit_adjusted", "logit-adjusted loss (tau 1), linear head",
            {**_LINEAR, "loss.name": "logit_adjusted", "loss.tau": 1.0}),
     # digits_lt +22.9 / +10.8, glyphs_lt +25.4 / +10.3
