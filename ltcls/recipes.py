@@ -94,6 +94,7 @@ _SEESAW_HEAD = {"classifier.name": "normalized", "classifier.tau": 10.0, "classi
 #: LDAM's reference NormedLinear: a cosine head with s = 30 in the loss (tau 1), no bias, unit rows.
 _LDAM_HEAD = {"classifier.name": "normalized", "classifier.tau": 1.0, "classifier.bias": False,
               "classifier.init_norm": 1.0}
+_SEESAW_LOSS = {"loss.name": "seesaw", "loss.p": 0.8, "loss.q": 2.0, "loss.eps": 0.01}  # the paper's p and q
 _DUAL_T = 20  # SimCal's selection threshold: the few-shot classes (< 20 training images) take the cRT head
 _DUAL = {"stage2.dual_head_threshold": _DUAL_T}  # 'sel' with T, and score averaging with weight 0.5
 
@@ -101,10 +102,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("ce", "softmax cross-entropy, linear head (the baseline)", {**_LINEAR, "loss.name": "ce"}),
     # digits_lt +23.3 / +11.9, glyphs_lt +25.5 / +11.5 (many -0.5); the cosine head beats a linear one on both
     Recipe("seesaw", "Seesaw loss (p 0.8, q 2), cosine head tau 10 with unit rows",
-           {**_SEESAW_HEAD, "loss.name": "seesaw", "loss.p": 0.8, "loss.q": 2.0, "loss.eps": 0.01}),
+           {**_SEESAW_HEAD, **_SEESAW_LOSS}),
     # The head ablation of ``seesaw``: digits_lt -7.8 / -5.9, glyphs_lt +12.8 / +5.5: below ``seesaw`` on both sets
     Recipe("seesaw_linear", "Seesaw loss (p 0.8, q 2) on a plain linear head (the head ablation of seesaw)",
-           {**_LINEAR, "loss.name": "seesaw", "loss.p": 0.8, "loss.q": 2.0, "loss.eps": 0.01}),
+           {**_LINEAR, **_SEESAW_LOSS}),
     # digits_lt +24.2 / +11.0, glyphs_lt +29.1 / +11.3 (many -8.8)
     Recipe("balanced_softmax", "Balanced Softmax (logits + log prior in training), linear head",
            {**_LINEAR, "loss.name": "balanced_softmax"}),

@@ -98,6 +98,12 @@ def _positive(text: str) -> int:
     return n
 
 
+def _last_error_line(text: str, prog: str) -> str:
+    """The last ``prog: ...`` line of a command's console output (progress bars' ``\\r`` taken as line ends)."""
+    lines = text.replace("\r", "\n").splitlines()
+    return next((ln.strip() for ln in reversed(lines) if ln.startswith(f"{prog}: ")), "")
+
+
 class _Tee:
     """A text stream that writes through to ``stream`` and keeps the tail of what went by (the error line)."""
 
@@ -116,8 +122,7 @@ class _Tee:
         return getattr(self.stream, name)
 
     def error_line(self, prog: str) -> str:
-        lines = "".join(self.tail).replace("\r", "\n").splitlines()
-        return next((ln.strip() for ln in reversed(lines) if ln.startswith(f"{prog}: ")), "")
+        return _last_error_line("".join(self.tail), prog)
 
 
 def launch(command: str, argv: Sequence[str]) -> Outcome:
@@ -139,12 +144,11 @@ def launch(command: str, argv: Sequence[str]) -> Outcome:
     return Outcome(code or 0, error or tee.error_line(prog))
 
 
-def _error_line(path: Path, prog: str) -> str:
-    """The last ``prog: ...`` line of a run's console log (its one error line), read from the log's tail."""
+def _log_error_line(path: Path, prog: str) -> str:
+    """The one error line of a run's console log, read from the log's last 64 KiB."""
     with open(path, "rb") as f:
         f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
-        lines = f.read().decode(errors="replace").replace("\r", "\n").splitlines()
-    return next((ln.strip() for ln in reversed(lines) if ln.startswith(f"{prog}: ")), "")
+        return _last_error_line(f.read().decode(errors="replace"), prog)
 
 
 class ProcessLauncher:
@@ -181,7 +185,7 @@ class ProcessLauncher:
         with self._lock:
             self.children.discard(proc)
         code = 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
-        return Outcome(code, _error_line(log_path, prog) if code else "")
+        return Outcome(code, _log_error_line(log_path, prog) if code else "")
 
     def forward(self, signum: int, frame: object = None) -> None:
         """A signal handler: pass ``signum`` on to every running process; start nothing new."""
